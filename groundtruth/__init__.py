@@ -1,0 +1,1 @@
+"""circuitboard.groundtruth (see ARCHITECTURE.md)."""

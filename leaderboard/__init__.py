@@ -1,0 +1,1 @@
+"""circuitboard.leaderboard (see ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""circuitboard.methods (see ARCHITECTURE.md)."""

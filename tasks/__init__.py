@@ -1,0 +1,1 @@
+"""circuitboard.tasks (see ARCHITECTURE.md)."""
