@@ -38,7 +38,6 @@ TASKS.add_namespace(
 TASKS.add_namespace("std", "circuitboard.tasks:names", "circuitboard.tasks:load")
 
 
-
 def load_model(name: str, **kwargs) -> PatchableTransformer:
     """A registered model (``tracr/reverse``, ``zoo/toy-lm``) or a local directory.
 

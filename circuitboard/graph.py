@@ -329,7 +329,7 @@ class Circuit:
 
     @classmethod
     def top_k(cls, graph: Graph, scores: torch.Tensor, k: int, absolute: bool = True) -> Circuit:
-        """The ``k`` highest-scoring edges; ties break toward the earlier edge, deterministically."""
+        """The ``k`` highest-scoring edges; ties go to the earlier edge, deterministically."""
         scores = torch.as_tensor(scores, dtype=torch.float64).cpu()
         if not 0 <= k <= graph.n_edges:
             raise ValueError(f"k must be between 0 and {graph.n_edges}, got {k}")

@@ -99,6 +99,12 @@ class RunOutput:
     reader_inputs: list[torch.Tensor] | None = None  # per reader group, see PatchableTransformer
 
 
+def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``x @ weight + bias`` as one fused matmul over all leading dimensions."""
+    flat = torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight)
+    return flat.view(*x.shape[:-1], weight.shape[-1])
+
+
 class _LayerNorm(nn.Module):
     def __init__(self, d_model: int) -> None:
         super().__init__()
@@ -192,7 +198,9 @@ class PatchableTransformer(HookedRootModule):
 
     @cached_property
     def graph(self) -> Graph:
-        return Graph(self.cfg.n_layers, self.cfg.n_heads, self.cfg.attn_only, frozenset(self.cfg.dead))
+        return Graph(
+            self.cfg.n_layers, self.cfg.n_heads, self.cfg.attn_only, frozenset(self.cfg.dead)
+        )
 
     @property
     def dtype(self) -> torch.dtype:
@@ -283,9 +291,13 @@ class PatchableTransformer(HookedRootModule):
           token and position embeddings (EAP-IG interpolates it).
         - ``return_sources``: also return every source's output, ``[batch, pos, n_sources, d]``.
         - ``return_reader_inputs``: also return the reader inputs, before LayerNorm, one tensor
-          per reader group in reader order: per layer ``[batch, pos, 3 * n_heads, d]`` (q, k, v
-          of all heads) and, with MLPs, ``[batch, pos, 1, d]``; last ``[batch, pos, 1, d]`` for
-          the logits. Gradients with respect to them give EAP-IG's edge scores.
+          per reader group in reader order, laid out ``[readers, batch, pos, d]``: per layer the
+          q, k and v of all heads (``3 * n_heads`` readers) and, with MLPs, the MLP (1 reader);
+          last the logits (1 reader). Gradients with respect to them give EAP-IG's edge scores.
+
+        Internally per-head activations are head-major (``[head, batch, pos, d]``), so that a
+        patch is one matmul over a contiguous block of sources and a head's projection is one
+        matmul over all its tokens. Hooks see TransformerLens's layouts through permuted views.
         """
         cfg, graph = self.cfg, self.graph
         if input_embeds is None:
@@ -303,68 +315,57 @@ class PatchableTransformer(HookedRootModule):
             x_in = input_embeds.to(self.dtype)
             batch, pos = x_in.shape[:2]
         removed = self._removed(mask, batch)
+        patch = None
         if removed is not None:
             ablated = self._check_ablated(ablated, batch, pos)
-        patch = _Patcher(removed, ablated)
-        patch.add(x_in[:, :, None], 0)
-        sources = [x_in[:, :, None]] if return_sources else None
-        readers = [] if return_reader_inputs else None
-        keep_readers = return_reader_inputs
+            patch = _Patcher(removed, ablated.permute(2, 0, 1, 3), x_in)
+        track = return_reader_inputs
+        sources = [x_in[None]] if return_sources else None
+        readers = [] if track else None
+
+        def read(resid: torch.Tensor, first_reader: int, n_readers: int) -> torch.Tensor:
+            if patch is not None:
+                x = patch.read(resid, first_reader, n_readers)
+            else:
+                x = resid[None].expand(n_readers, *resid.shape)
+                x = x.clone() if track else x
+            if readers is not None:
+                readers.append(x)
+            return x
 
         resid = x_in
         n_heads = cfg.n_heads
         for layer, block in enumerate(self.blocks):
             resid = block.hook_resid_pre(resid)
-            # ---- attention: 3 * n_heads readers
-            start = graph.attn_sources_before(layer)
-            if patch.active or keep_readers:
-                x = resid[:, :, None, :].expand(batch, pos, 3 * n_heads, cfg.d_model)
-                x = patch.apply(x, graph.attn_reader_slice(layer))
-                if keep_readers:
-                    readers.append(x)
-                x = x.view(batch, pos, 3, n_heads, cfg.d_model)
-                q_in = block.hook_q_input(x[:, :, 0])
-                k_in = block.hook_k_input(x[:, :, 1])
-                v_in = block.hook_v_input(x[:, :, 2])
-                q_in, k_in, v_in = (self._norm(block.ln1, t) for t in (q_in, k_in, v_in))
-                result = self._attention(block.attn, q_in, k_in, v_in, shared=False)
-            else:
-                result = self._attention(block.attn, self._norm(block.ln1, resid), None, None, True)
-            attn_out = block.hook_attn_out(result.sum(2) + block.attn.b_O)
+            # ---- attention: 3 * n_heads readers, [3H, batch, pos, d]
+            x = read(resid, graph.attn_reader_slice(layer).start, 3 * n_heads)
+            result = self._attention(block, x)  # [H, batch, pos, d]
+            attn_out = block.hook_attn_out(result.sum(0) + block.attn.b_O)
             resid = block.hook_resid_mid(resid + attn_out)
-            patch.add(result, start)
+            start = graph.attn_sources_before(layer)
+            if patch is not None:
+                patch.write(result, start)
             if sources is not None:
                 sources.append(result)
             # ---- MLP: one reader
             if block.mlp is not None:
-                x = resid
-                if patch.active or keep_readers:
-                    r = graph.mlp_reader_index(layer)
-                    x = patch.apply(x[:, :, None], slice(r, r + 1))
-                    if keep_readers:
-                        readers.append(x)
-                    x = x[:, :, 0]
-                x = block.hook_mlp_in(x)
+                x = block.hook_mlp_in(read(resid, graph.mlp_reader_index(layer), 1)[0])
                 mlp = block.mlp
-                pre = mlp.hook_pre(self._norm(block.ln2, x) @ mlp.W_in + mlp.b_in)
+                pre = mlp.hook_pre(_affine(self._norm(block.ln2, x), mlp.W_in, mlp.b_in))
                 post = mlp.hook_post(self._act(pre))
-                mlp_out = block.hook_mlp_out(post @ mlp.W_out + mlp.b_out)
+                mlp_out = block.hook_mlp_out(_affine(post, mlp.W_out, mlp.b_out))
                 resid = resid + mlp_out
-                patch.add(mlp_out[:, :, None], start + n_heads)
+                if patch is not None:
+                    patch.write(mlp_out[None], start + n_heads)
                 if sources is not None:
-                    sources.append(mlp_out[:, :, None])
+                    sources.append(mlp_out[None])
             resid = block.hook_resid_post(resid)
         # ---- logits: one reader
-        x = resid
-        if patch.active or keep_readers:
-            x = patch.apply(x[:, :, None], slice(graph.n_readers - 1, graph.n_readers))
-            if keep_readers:
-                readers.append(x)
-            x = x[:, :, 0]
-        logits = self._norm(self.ln_final, x) @ self.unembed.W_U + self.unembed.b_U
+        x = read(resid, graph.n_readers - 1, 1)[0]
+        logits = _affine(self._norm(self.ln_final, x), self.unembed.W_U, self.unembed.b_U)
         return RunOutput(
             logits=logits,
-            sources=None if sources is None else torch.cat(sources, dim=2),
+            sources=None if sources is None else torch.cat(sources).permute(1, 2, 0, 3),
             reader_inputs=readers,
         )
 
@@ -373,28 +374,52 @@ class PatchableTransformer(HookedRootModule):
             return x
         return ln.hook_normalized(F.layer_norm(x, (x.shape[-1],), ln.w, ln.b, self.cfg.ln_eps))
 
-    def _attention(self, attn: _Attention, q_in, k_in, v_in, shared: bool) -> torch.Tensor:
-        """Per-head outputs ``[batch, pos, n_heads, d_model]`` (TransformerLens ``hook_result``)."""
-        if shared:  # every head reads the same normalised residual stream
-            q = torch.einsum("bpd,hde->bphe", q_in, attn.W_Q)
-            k = torch.einsum("bpd,hde->bphe", q_in, attn.W_K)
-            v = torch.einsum("bpd,hde->bphe", q_in, attn.W_V)
+    def _attention(self, block: _Block, x: torch.Tensor) -> torch.Tensor:
+        """Per-head outputs ``[n_heads, batch, pos, d_model]`` from reader inputs ``[3H, b, p, d]``.
+
+        When no reader is patched and no hook changes the inputs, every head reads the same
+        stream, which is normalised once. The projections are the same batched matmuls either
+        way, so keeping every edge gives bit-for-bit the logits of the unpatched pass.
+        """
+        attn, cfg = block.attn, self.cfg
+        n_heads, (_, batch, pos, d) = cfg.n_heads, x.shape
+        hooks = (block.hook_q_input, block.hook_k_input, block.hook_v_input)
+        weights = (attn.W_Q, attn.W_K, attn.W_V)
+        biases = (attn.b_Q, attn.b_K, attn.b_V)
+        shared = x.stride(0) == 0
+        inputs = []
+        for i, hook in enumerate(hooks):
+            part = x[i * n_heads : (i + 1) * n_heads]
+            view = part.permute(1, 2, 0, 3)
+            out = hook(view)
+            if out is not view:
+                shared = False
+                part = out.permute(2, 0, 1, 3)
+            inputs.append(part)
+        if shared:  # normalise once; every head of q, k and v reads the same stream
+            normed = self._norm(block.ln1, x[0]).reshape(1, batch * pos, d)
+            inputs = [normed.expand(n_heads, -1, -1)] * 3
         else:
-            q = torch.einsum("bphd,hde->bphe", q_in, attn.W_Q)
-            k = torch.einsum("bphd,hde->bphe", k_in, attn.W_K)
-            v = torch.einsum("bphd,hde->bphe", v_in, attn.W_V)
-        q = attn.hook_q(q + attn.b_Q)
-        k = attn.hook_k(k + attn.b_K)
-        v = attn.hook_v(v + attn.b_V)
-        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / self.cfg.attn_scale
-        if self.cfg.causal:
-            n = scores.shape[-1]
-            future = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1)
+            inputs = [
+                self._norm(block.ln1, part).reshape(n_heads, batch * pos, d) for part in inputs
+            ]
+        qkv = [
+            torch.baddbmm(b[:, None], normed, w).view(n_heads, batch, pos, -1)
+            for normed, w, b in zip(inputs, weights, biases)
+        ]
+        q, k, v = (
+            hook(t.permute(1, 2, 0, 3)).permute(2, 0, 1, 3)
+            for t, hook in zip(qkv, (attn.hook_q, attn.hook_k, attn.hook_v))
+        )
+        scores = q @ k.transpose(-1, -2) / cfg.attn_scale  # [H, b, q, k]
+        if cfg.causal:
+            future = torch.ones(pos, pos, dtype=torch.bool, device=scores.device).triu(1)
             scores = scores.masked_fill(future, float("-inf"))
-        scores = attn.hook_attn_scores(scores)
-        pattern = attn.hook_pattern(torch.softmax(scores, dim=-1))
-        z = attn.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))
-        return attn.hook_result(torch.einsum("bqhe,hed->bqhd", z, attn.W_O))
+        scores = attn.hook_attn_scores(scores.transpose(0, 1)).transpose(0, 1)
+        pattern = attn.hook_pattern(torch.softmax(scores, dim=-1).transpose(0, 1)).transpose(0, 1)
+        z = attn.hook_z((pattern @ v).permute(1, 2, 0, 3)).permute(2, 0, 1, 3)
+        result = (z.reshape(n_heads, batch * pos, -1) @ attn.W_O).view(n_heads, batch, pos, d)
+        return attn.hook_result(result.permute(1, 2, 0, 3)).permute(2, 0, 1, 3)
 
     # ------------------------------------------------------------------ conveniences
     @torch.no_grad()
@@ -402,8 +427,10 @@ class PatchableTransformer(HookedRootModule):
         """Every source's clean output, ``[batch, pos, n_sources, d_model]``."""
         tokens = self._check_tokens(tokens)
         step = batch_size or max(1, len(tokens))
-        parts = [self.run(tokens[i : i + step], return_sources=True).sources for i in
-                 range(0, len(tokens), step)]
+        parts = [
+            self.run(tokens[i : i + step], return_sources=True).sources
+            for i in range(0, len(tokens), step)
+        ]
         return torch.cat(parts)
 
     def edge_scores(self, diff: torch.Tensor, reader_grads: list[torch.Tensor]) -> torch.Tensor:
@@ -411,55 +438,105 @@ class PatchableTransformer(HookedRootModule):
 
         ``diff`` is ``[batch, pos, n_sources, d]`` (for EAP, ablated minus clean) and
         ``reader_grads`` the gradients with respect to ``run(..., return_reader_inputs=True)``'s
-        reader inputs. One einsum per reader group.
+        reader inputs (``[readers, batch, pos, d]`` each). One einsum per reader group.
         """
         graph = self.graph
         dense = diff.new_zeros(graph.n_sources, graph.n_readers)
         col = 0
         for grad in reader_grads:
-            width = grad.shape[2]
+            width = grad.shape[0]
             n_src = graph._reader_n_sources[col]
             dense[:n_src, col : col + width] = torch.einsum(
-                "bpsd,bprd->sr", diff[:, :, :n_src], grad
+                "bpsd,rbpd->sr", diff[:, :, :n_src], grad
             )
             col += width
         return graph.from_dense(dense)
 
 
 class _Patcher:
-    """Accumulates ``a_src - a~_src`` per block of sources and applies it to reader groups.
+    """Holds ``a_src - a~_src`` for the sources computed so far and patches reader groups.
 
-    Keeping one difference tensor per block (the input, a layer's heads, an MLP) and summing one
-    einsum per block avoids concatenating the stream of differences at every layer, which would
-    also make autograd keep a copy per layer.
+    The differences live in one buffer, ``[n_sources, batch, pos, d]`` (``[batch, n_sources,
+    pos, d]`` for per-example masks), written once per block of sources. The patch for a group
+    of readers is then a single matmul over the prefix of sources it may read. ``_PrefixPatch``
+    gives autograd the same maths without the copies that concatenating the blocks at every
+    layer would cost (and keep alive for the backward pass).
     """
 
-    def __init__(self, removed: torch.Tensor | None, ablated: torch.Tensor | None) -> None:
-        self.removed = removed
-        self.ablated = ablated
-        self.blocks: list[tuple[int, torch.Tensor]] = []
+    def __init__(self, removed: torch.Tensor, ablated: torch.Tensor, x_in: torch.Tensor) -> None:
+        self.removed = removed  # [S, R] or [batch, S, R]
+        self.ablated = ablated  # [S, 1|batch, 1|pos, d]
+        self.per_example = removed.dim() == 3
+        n_sources = removed.shape[-2]
+        batch, pos, d = x_in.shape
+        shape = (batch, n_sources, pos, d) if self.per_example else (n_sources, batch, pos, d)
+        self.buffer = x_in.new_empty(shape)
+        self.blocks: list[torch.Tensor] = []  # differences with autograd history, [n, b, p, d]
+        self.filled = 0
+        self.write(x_in[None], 0)
 
-    @property
-    def active(self) -> bool:
-        return self.removed is not None
-
-    def add(self, outputs: torch.Tensor, start: int) -> None:
-        """``outputs`` is ``[batch, pos, n, d]`` for sources ``start .. start + n - 1``."""
-        if self.removed is None:
-            return
-        n = outputs.shape[2]
-        self.blocks.append((start, outputs - self.ablated[:, :, start : start + n]))
-
-    def apply(self, x: torch.Tensor, readers: slice) -> torch.Tensor:
-        """``x`` is ``[batch, pos, r, d]``; subtract ``sum_src (1 - m) (a - a~)`` for each reader."""
-        if self.removed is None:
-            return x
-        per_example = self.removed.dim() == 3
-        for start, diff in self.blocks:
-            stop = start + diff.shape[2]
-            weight = self.removed[..., start:stop, readers]
-            if per_example:
-                x = x - torch.einsum("bpsd,bsr->bprd", diff, weight)
+    def write(self, outputs: torch.Tensor, start: int) -> None:
+        """Record sources ``start ..`` from ``outputs [n, batch, pos, d]``."""
+        assert start == self.filled, "sources must be written in order"
+        n = outputs.shape[0]
+        diff = outputs - self.ablated[start : start + n]
+        with torch.no_grad():
+            if self.per_example:
+                self.buffer[:, start : start + n] = diff.transpose(0, 1)
             else:
-                x = x - torch.einsum("bpsd,sr->bprd", diff, weight)
-        return x
+                self.buffer[start : start + n] = diff
+        self.blocks.append(diff)
+        self.filled += n
+
+    def read(self, resid: torch.Tensor, first_reader: int, n_readers: int) -> torch.Tensor:
+        """Reader inputs ``[n_readers, batch, pos, d]`` = ``resid - sum_src (1 - m)(a - a~)``."""
+        weight = self.removed[..., : self.filled, first_reader : first_reader + n_readers]
+        return _PrefixPatch.apply(resid, weight, self, *self.blocks)
+
+
+class _PrefixPatch(torch.autograd.Function):
+    """``x[r] = resid - sum_s weight[s, r] * diff[s]`` over the sources written so far.
+
+    One fused matmul (``addmm``) per reader group. Forward and backward read the patcher's
+    buffer, which only ever grows past the prefix a call read, so the prefix stays valid until
+    the backward pass. Gradients flow to the residual stream, to the weight (hence to the edge
+    mask) and to every block of differences (hence to earlier activations).
+    """
+
+    @staticmethod
+    def forward(ctx, resid, weight, patcher, *blocks):
+        n = patcher.filled
+        ctx.patcher, ctx.n = patcher, n
+        ctx.block_sizes = [b.shape[0] for b in blocks]
+        ctx.save_for_backward(weight)
+        buffer = patcher.buffer
+        batch, pos, d = resid.shape
+        if patcher.per_example:  # weight [b, n, r], buffer [b, S, p, d]
+            prefix = buffer[:, :n].reshape(batch, n, pos * d)
+            base = resid.reshape(batch, 1, pos * d)
+            out = torch.baddbmm(base, weight.transpose(1, 2), prefix, alpha=-1)
+            return out.view(batch, -1, pos, d).transpose(0, 1)
+        prefix = buffer[:n].reshape(n, batch * pos * d)
+        out = torch.addmm(resid.reshape(1, -1), weight.transpose(0, 1), prefix, alpha=-1)
+        return out.view(-1, batch, pos, d)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        buffer, n = ctx.patcher.buffer, ctx.n
+        grad_resid = grad.sum(0) if ctx.needs_input_grad[0] else None
+        if ctx.patcher.per_example:
+            batch, _, pos, d = buffer.shape
+            g = grad.transpose(0, 1).reshape(batch, -1, pos * d)  # [b, r, p*d]
+            prefix = buffer[:, :n].reshape(batch, n, pos * d)
+            grad_weight = -(prefix @ g.transpose(1, 2)) if ctx.needs_input_grad[1] else None
+            grad_diff = -(weight @ g).view(batch, n, pos, d).transpose(0, 1)  # [n, b, p, d]
+        else:
+            _, batch, pos, d = buffer.shape
+            g = grad.reshape(grad.shape[0], -1)  # [r, b*p*d]
+            prefix = buffer[:n].reshape(n, -1)
+            grad_weight = -(prefix @ g.transpose(0, 1)) if ctx.needs_input_grad[1] else None
+            grad_diff = -(weight @ g).view(n, batch, pos, d)
+        grad_blocks = grad_diff.split(ctx.block_sizes, dim=0)
+        return (grad_resid, grad_weight, None, *grad_blocks)

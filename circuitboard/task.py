@@ -34,8 +34,9 @@ class Batch:
 
     def __post_init__(self) -> None:
         if self.clean.dim() != 2 or self.clean.shape[0] == 0:
-            raise ValueError(f"clean tokens must be a non-empty [n, pos] tensor, got "
-                             f"{tuple(self.clean.shape)}")
+            raise ValueError(
+                f"clean tokens must be a non-empty [n, pos] tensor, got {tuple(self.clean.shape)}"
+            )
         n = self.clean.shape[0]
         if self.counterfactual is not None and self.counterfactual.shape != self.clean.shape:
             raise ValueError(

@@ -80,9 +80,7 @@ def convert_gpt2(hf_model) -> PatchableTransformer:
         b = f"blocks.{layer}."
         w_qkv = sd[q + "attn.c_attn.weight"]  # [d, 3d], applied as x @ W
         b_qkv = sd[q + "attn.c_attn.bias"]
-        for name, part_w, part_b in zip(
-            "QKV", w_qkv.split(d, dim=1), b_qkv.split(d), strict=True
-        ):
+        for name, part_w, part_b in zip("QKV", w_qkv.split(d, dim=1), b_qkv.split(d), strict=True):
             out[b + f"attn.W_{name}"] = part_w.reshape(d, h, e).permute(1, 0, 2)
             out[b + f"attn.b_{name}"] = part_b.reshape(h, e)
         out[b + "attn.W_O"] = sd[q + "attn.c_proj.weight"].reshape(h, e, d)

@@ -1,0 +1,178 @@
+"""Engine speed and memory: the patched forward against the plain forward of the same weights.
+
+    python benchmarks/engine.py [--repeats 7] [--batch 16] [--seq 20]
+
+Prints, side by side in one run:
+- a GPT-2-small-shaped randomly initialised model: HF ``GPT2LMHeadModel`` forward, our forward
+  with no mask, with a random per-batch mask, and with per-example masks;
+- the largest Tracr ground-truth model: tracr's own JAX forward (if tracr is installed), and our
+  forward without and with a mask.
+
+Times are the median of interleaved repeats (each variant runs once per round, so a noisy
+neighbour hurts all of them alike). Peak memory is how far the resident set rises above its level
+before one forward (Linux high-water mark, reset first), each variant in a fresh subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+torch.set_flush_denormal(True)
+
+
+def gpt2_setup(batch: int, seq: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from circuitboard.ablation import ablated_values
+    from circuitboard.loaders.hf import convert_gpt2
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config()).eval()
+    model = convert_gpt2(hf)
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, hf.config.vocab_size, (batch, seq), generator=gen)
+    counterfactual = torch.randint(0, hf.config.vocab_size, (batch, seq), generator=gen)
+    ablated = ablated_values(model, "counterfactual", tokens, counterfactual=counterfactual)
+    n = model.graph.n_edges
+    mask = (torch.rand(n, generator=gen) > 0.5).float()
+    masks = (torch.rand(batch, n, generator=gen) > 0.5).float()
+    return {
+        "hf GPT2LMHeadModel (plain)": lambda: hf(tokens).logits,
+        "patchable, no mask": lambda: model(tokens),
+        "patchable, mask": lambda: model(tokens, mask, ablated),
+        "patchable, per-example masks": lambda: model(tokens, masks, ablated),
+    }
+
+
+def tracr_setup(batch: int):
+    import circuitboard as cb
+    from circuitboard.ablation import ablated_values
+
+    names = cb.groundtruth.names()
+    loaded = {name: cb.groundtruth.load(name) for name in names}
+    name = max(names, key=lambda n: loaded[n].model.graph.n_edges)
+    gt = loaded[name]
+    model = gt.model
+    longest = max(gt.task.test + gt.task.train, key=lambda b: b.length)
+    reps = -(-batch // len(longest))
+    tokens = longest.clean.repeat(reps, 1)[:batch]
+    counterfactual = longest.counterfactual.repeat(reps, 1)[:batch]
+    ablated = ablated_values(model, "resample", tokens, counterfactual=counterfactual)
+    mask = gt.circuit("resample").mask()
+    variants = {}
+    try:
+        assembled = cb.groundtruth.compiled_tracr_model(name)
+        encoded = gt.decode_inputs(tokens)
+        variants["tracr JAX forward (plain)"] = lambda: [assembled.apply(x) for x in encoded]
+    except (ImportError, AttributeError):
+        pass
+    variants[f"patchable {name}, no mask"] = lambda: model(tokens)
+    variants[f"patchable {name}, ground-truth mask"] = lambda: model(tokens, mask, ablated)
+    return variants
+
+
+SETUPS = {"gpt2": gpt2_setup, "tracr": lambda batch, seq: tracr_setup(batch)}
+
+
+def time_variants(variants: dict, repeats: int) -> dict[str, float]:
+    times = {name: [] for name in variants}
+    with torch.no_grad():
+        for fn in variants.values():
+            fn()  # warm up
+        for _ in range(repeats):
+            for name, fn in variants.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def peak_memory_child(setup: str, variant: str, batch: int, seq: int) -> None:
+    """Peak RSS growth of one forward: reset the high-water mark (Linux), run, read it back."""
+    variants = SETUPS[setup](batch, seq)
+    fn = variants[variant]
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+    before = _status_kib("VmRSS")
+    with torch.no_grad():
+        fn()
+    print(json.dumps({"peak_mib": (_status_kib("VmHWM") - before) / 1024}))
+
+
+def peak_memory(setup: str, variant: str, batch: int, seq: int) -> float:
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            setup,
+            variant,
+            "--batch",
+            str(batch),
+            "--seq",
+            str(seq),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def report(title: str, setup: str, repeats: int, batch: int, seq: int) -> None:
+    variants = SETUPS[setup](batch, seq)
+    times = time_variants(variants, repeats)
+    base_name = next(iter(variants))
+    base = times[base_name]
+    print(f"\n{title}")
+    print(f"{'variant':48s} {'median s':>10s} {'x ' + 'first':>9s} {'peak MiB':>9s}")
+    for name, t in times.items():
+        mem = peak_memory(setup, name, batch, seq)
+        print(f"{name:48s} {t:10.4f} {t / base:9.2f} {mem:9.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=20)
+    parser.add_argument("--child", nargs=2, metavar=("SETUP", "VARIANT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        peak_memory_child(*args.child, args.batch, args.seq)
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    report(
+        f"GPT-2-small-shaped, random init, batch {args.batch} x {args.seq} tokens",
+        "gpt2",
+        args.repeats,
+        args.batch,
+        args.seq,
+    )
+    try:
+        report(f"largest Tracr program, batch {args.batch}", "tracr", args.repeats, args.batch, 0)
+    except (ImportError, AttributeError) as err:
+        print(f"\nTracr part skipped: {err}")
+
+
+if __name__ == "__main__":
+    main()

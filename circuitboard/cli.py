@@ -1,0 +1,73 @@
+"""The ``circuitboard`` command.
+
+Each command group lives with the part it drives and is imported only when used:
+``groundtruth`` -> ``circuitboard.groundtruth.cli``, ``zoo`` -> ``circuitboard.tasks.cli``,
+``run``/``leaderboard``/``submit``/``validate`` -> ``circuitboard.leaderboard.cli``. A group module
+exposes ``add_arguments(parser)`` and ``main(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from circuitboard.registry import import_object
+
+# command -> (module path, one-line help). The module provides add_arguments and main.
+COMMANDS = {
+    "models": ("circuitboard.cli_lists:models", "list registered models"),
+    "tasks": ("circuitboard.cli_lists:tasks", "list registered tasks"),
+    "methods": ("circuitboard.cli_lists:methods", "list registered methods"),
+    "groundtruth": ("circuitboard.groundtruth.cli", "compile and check Tracr ground truths"),
+    "zoo": ("circuitboard.tasks.cli", "train and inspect the model zoo"),
+    "run": ("circuitboard.leaderboard.cli_run", "run methods on tasks and store results"),
+    "leaderboard": ("circuitboard.leaderboard.cli_render", "render tables and plots"),
+    "submit": ("circuitboard.leaderboard.cli_submit", "submit a method (code or JSON)"),
+    "validate": ("circuitboard.leaderboard.cli_validate", "score a method against Tracr"),
+}
+
+
+def _command_module(path: str):
+    if ":" in path:
+        return import_object(path)
+    import importlib
+
+    return importlib.import_module(path)
+
+
+def build_parser(available: dict) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="circuitboard",
+        description="Benchmark circuit-finding methods on one edge universe.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in available.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    available = {}
+    for name, (path, help_text) in COMMANDS.items():
+        try:
+            available[name] = (_command_module(path), help_text)
+        except ImportError:
+            continue  # a command whose part is not built or whose extra is missing
+    parser = build_parser(available)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args._main(args) or 0)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"circuitboard {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
