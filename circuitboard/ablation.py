@@ -97,3 +97,23 @@ def _as_list(reference) -> list[torch.Tensor]:
     if isinstance(reference, torch.Tensor):
         return [reference]
     return list(reference)
+
+
+def for_batch(model, ablation: str, batch, *, reference=None, seed: int = 0) -> torch.Tensor:
+    """The ablated values a task batch is scored with: one definition for every part.
+
+    Methods, ground truths and scores all call this, so "resample" or "mean" means the same
+    thing everywhere: ``resample`` takes another example of the same batch (all one length),
+    ``mean`` averages the ``reference`` examples of the batch's length (a task's train split),
+    ``counterfactual`` runs the batch's own corrupted input.
+    """
+    if ablation == "resample":
+        return ablated_values(model, "resample", batch.clean, seed=seed)
+    return ablated_values(
+        model,
+        ablation,
+        batch.clean,
+        counterfactual=batch.counterfactual,
+        reference=reference,
+        seed=seed,
+    )

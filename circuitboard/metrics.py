@@ -6,6 +6,7 @@ chooses where it is read: ``"last"`` or ``"after_bos"`` (every position but the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -95,3 +96,137 @@ TASK_METRICS: dict[str, MetricSpec] = {
     "l2": MetricSpec(l2, False),
     "accuracy": MetricSpec(accuracy, True),
 }
+
+
+# ----------------------------------------------------------------------------- faithfulness
+
+
+def faithfulness(circuit_metric, empty_metric, full_metric) -> torch.Tensor:
+    """``(m(C) - m(empty)) / (m(M) - m(empty))``: 0 for the empty circuit, 1 for the model."""
+    return (circuit_metric - empty_metric) / (full_metric - empty_metric)
+
+
+def bootstrap_faithfulness(
+    circuit: torch.Tensor,
+    empty: torch.Tensor,
+    full: torch.Tensor,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """Faithfulness of the mean metrics, with a percentile bootstrap interval over examples.
+
+    ``circuit``, ``empty`` and ``full`` are per-example metrics of the same examples; each
+    bootstrap draw resamples examples and recomputes the ratio of means, the way the point
+    estimate is computed. Returns ``(estimate, low, high)``.
+    """
+    circuit, empty, full = (t.double().flatten().cpu() for t in (circuit, empty, full))
+    n = len(circuit)
+    estimate = float(faithfulness(circuit.mean(), empty.mean(), full.mean()))
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (n_boot, n), generator=gen)
+    draws = faithfulness(circuit[idx].mean(1), empty[idx].mean(1), full[idx].mean(1))
+    draws = draws[torch.isfinite(draws)]
+    if len(draws) == 0:
+        return estimate, float("nan"), float("nan")
+    alpha = (1 - level) / 2
+    low, high = torch.quantile(draws, torch.tensor([alpha, 1 - alpha], dtype=torch.float64))
+    return estimate, float(low), float(high)
+
+
+# ------------------------------------------------------------------------------ area scores
+
+LOG_AXIS = (1e-3, 1.0)
+
+
+def _trapezoid(x: list[float], y: list[float]) -> float:
+    return sum((x[i + 1] - x[i]) * (y[i + 1] + y[i]) / 2 for i in range(len(x) - 1))
+
+
+def _curve(fractions, values, log: bool) -> tuple[list[float], list[float]]:
+    lo, hi = LOG_AXIS
+    points = sorted(zip((min(max(f, lo), hi) for f in fractions), values))
+    if not points:
+        raise ValueError("an area score needs at least one point")
+    x = [p[0] for p in points]
+    y = [p[1] for p in points]
+    # Extend flat to the ends of the axis, so every method is integrated over the same range.
+    if x[0] > lo:
+        x, y = [lo] + x, [y[0]] + y
+    if x[-1] < hi:
+        x, y = x + [hi], y + [y[-1]]
+    if log:
+        x = [math.log10(v) for v in x]
+    return x, y
+
+
+def area_scores(fractions, faithfulness_values, *, log: bool = True) -> dict[str, float]:
+    """CPR (area under f) and CMD (area under |1 - f|) over edge fractions in [0.1%, 100%].
+
+    With ``log=True`` (our default) the axis is log10 of the edge fraction and the area is
+    divided by the axis length, so both scores lie in [0, 1] for f in [0, 1]. With ``log=False``
+    this is MIB's linear-axis trapezoid over the fractions, not normalised (MIB's own numbers).
+    Points outside the range are clamped to its ends; the curve is extended flat to both ends.
+    """
+    x, y = _curve(fractions, faithfulness_values, log)
+    width = (x[-1] - x[0]) if log else 1.0
+    cpr = _trapezoid(x, y) / width
+    cmd = _trapezoid(x, [abs(1 - v) for v in y]) / width
+    return {"cpr": cpr, "cmd": cmd}
+
+
+# -------------------------------------------------------------------- against ground truth
+
+
+def roc_from_scores(scores: torch.Tensor, truth: torch.Tensor) -> tuple[list, list, float]:
+    """ROC of ranking edges by ``scores`` against boolean ``truth``; ties form one step.
+
+    Returns ``(fpr, tpr, auc)``. The AUC equals the probability that a true edge outscores a
+    false one, counting ties as one half.
+    """
+    scores = torch.as_tensor(scores, dtype=torch.float64).flatten()
+    truth = torch.as_tensor(truth).bool().flatten()
+    if scores.shape != truth.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and truth {tuple(truth.shape)} differ")
+    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("an ROC needs at least one true and one false edge")
+    order = torch.argsort(scores, descending=True, stable=True)
+    s, t = scores[order], truth[order]
+    boundaries = torch.nonzero(s[1:] != s[:-1]).flatten().tolist() + [len(s) - 1]
+    tp = torch.cumsum(t.double(), 0)
+    fp = torch.cumsum((~t).double(), 0)
+    fpr, tpr = [0.0], [0.0]
+    for b in boundaries:
+        fpr.append(float(fp[b]) / n_neg)
+        tpr.append(float(tp[b]) / n_pos)
+    return fpr, tpr, _trapezoid(fpr, tpr)
+
+
+def roc_from_circuits(circuits_keep: list[torch.Tensor], truth: torch.Tensor):
+    """ROC of a family of circuits (one point each) against ``truth``, closed at (0,0), (1,1)."""
+    truth = torch.as_tensor(truth).bool()
+    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
+    points = {(0.0, 0.0), (1.0, 1.0)}
+    for keep in circuits_keep:
+        keep = torch.as_tensor(keep).bool()
+        points.add((int((keep & ~truth).sum()) / n_neg, int((keep & truth).sum()) / n_pos))
+    # The ROC of a family is the upper envelope of its points: a method may always fall back
+    # to one of its smaller circuits.
+    pts = sorted(points)
+    fpr, tpr, best = [], [], 0.0
+    for x, y in pts:
+        best = max(best, y)
+        fpr.append(x)
+        tpr.append(best)
+    return fpr, tpr, _trapezoid(fpr, tpr)
+
+
+def precision_recall_f1(keep: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    keep, truth = torch.as_tensor(keep).bool(), torch.as_tensor(truth).bool()
+    tp = int((keep & truth).sum())
+    precision = tp / max(int(keep.sum()), 1)
+    recall = tp / max(int(truth.sum()), 1)
+    f1 = 0.0 if tp == 0 else 2 * precision * recall / (precision + recall)
+    return {"precision": precision, "recall": recall, "f1": f1}

@@ -467,10 +467,12 @@ class _Patcher:
         self.removed = removed  # [S, R] or [batch, S, R]
         self.ablated = ablated  # [S, 1|batch, 1|pos, d]
         self.per_example = removed.dim() == 3
+        self.binary = bool(((removed == 0) | (removed == 1)).all())
         n_sources = removed.shape[-2]
         batch, pos, d = x_in.shape
         shape = (batch, n_sources, pos, d) if self.per_example else (n_sources, batch, pos, d)
         self.buffer = x_in.new_empty(shape)
+        self.total = x_in.new_zeros(batch, pos, d)  # sum of the differences written so far
         self.blocks: list[torch.Tensor] = []  # differences with autograd history, [n, b, p, d]
         self.filled = 0
         self.write(x_in[None], 0)
@@ -485,6 +487,7 @@ class _Patcher:
                 self.buffer[:, start : start + n] = diff.transpose(0, 1)
             else:
                 self.buffer[start : start + n] = diff
+            self.total += diff.sum(0)
         self.blocks.append(diff)
         self.filled += n
 
@@ -493,11 +496,58 @@ class _Patcher:
         weight = self.removed[..., : self.filled, first_reader : first_reader + n_readers]
         return _PrefixPatch.apply(resid, weight, self, *self.blocks)
 
+    def _prefix(self, rows: torch.Tensor | None) -> torch.Tensor:
+        """The buffer's rows ``rows`` (all written rows if None), flattened per row."""
+        n, buf = self.filled, self.buffer
+        if self.per_example:
+            part = buf[:, :n] if rows is None else buf.index_select(1, rows)
+            return part.reshape(buf.shape[0], part.shape[1], -1)
+        part = buf[:n] if rows is None else buf.index_select(0, rows)
+        return part.reshape(part.shape[0], -1)
+
+    def patch(self, resid: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The forward value, computed from whichever side of the mask is sparser.
+
+        ``resid - sum_s w_s D_s`` equals ``(resid - sum_s D_s) + sum_s (1 - w_s) D_s``. With a
+        binary mask only the sources that have a removed edge (first form) or a kept edge
+        (second form) into these readers enter the matmul, so small circuits and nearly full
+        ones both cost a fraction of the dense product; a mask that removes nothing costs none.
+        """
+        batch, pos, d = resid.shape
+        n_readers = weight.shape[-1]
+        rows = self._rows(weight.ne(0))
+        if len(rows) == 0:  # nothing removed: every reader reads the stream itself
+            return resid[None].expand(n_readers, batch, pos, d)
+        base, coef, sign = resid, weight, -1
+        if self.binary:
+            kept_rows = self._rows(weight.ne(1))
+            if len(kept_rows) < len(rows):
+                base, coef, sign, rows = resid - self.total, 1 - weight, 1, kept_rows
+                if len(rows) == 0:  # everything removed: the fully ablated stream
+                    return base[None].expand(n_readers, batch, pos, d)
+        if len(rows) == self.filled:
+            prefix = self._prefix(None)
+        else:
+            coef, prefix = coef.index_select(coef.dim() - 2, rows), self._prefix(rows)
+        if self.per_example:
+            flat = base.reshape(batch, 1, pos * d)
+            out = torch.baddbmm(flat, coef.transpose(1, 2), prefix, alpha=sign)
+            return out.view(batch, n_readers, pos, d).transpose(0, 1)
+        out = torch.addmm(base.reshape(1, -1), coef.transpose(0, 1), prefix, alpha=sign)
+        return out.view(n_readers, batch, pos, d)
+
+    def _rows(self, active: torch.Tensor) -> torch.Tensor:
+        """Sources with any active entry: ``active`` is ``[S, r]`` or ``[batch, S, r]``."""
+        any_reader = active.any(dim=-1)
+        if self.per_example:
+            any_reader = any_reader.any(dim=0)
+        return torch.nonzero(any_reader).flatten()
+
 
 class _PrefixPatch(torch.autograd.Function):
     """``x[r] = resid - sum_s weight[s, r] * diff[s]`` over the sources written so far.
 
-    One fused matmul (``addmm``) per reader group. Forward and backward read the patcher's
+    The forward value comes from ``_Patcher.patch``. Forward and backward read the patcher's
     buffer, which only ever grows past the prefix a call read, so the prefix stays valid until
     the backward pass. Gradients flow to the residual stream, to the weight (hence to the edge
     mask) and to every block of differences (hence to earlier activations).
@@ -505,38 +555,39 @@ class _PrefixPatch(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, resid, weight, patcher, *blocks):
-        n = patcher.filled
-        ctx.patcher, ctx.n = patcher, n
+        ctx.patcher, ctx.n = patcher, patcher.filled
         ctx.block_sizes = [b.shape[0] for b in blocks]
         ctx.save_for_backward(weight)
-        buffer = patcher.buffer
-        batch, pos, d = resid.shape
-        if patcher.per_example:  # weight [b, n, r], buffer [b, S, p, d]
-            prefix = buffer[:, :n].reshape(batch, n, pos * d)
-            base = resid.reshape(batch, 1, pos * d)
-            out = torch.baddbmm(base, weight.transpose(1, 2), prefix, alpha=-1)
-            return out.view(batch, -1, pos, d).transpose(0, 1)
-        prefix = buffer[:n].reshape(n, batch * pos * d)
-        out = torch.addmm(resid.reshape(1, -1), weight.transpose(0, 1), prefix, alpha=-1)
-        return out.view(-1, batch, pos, d)
+        out = patcher.patch(resid, weight)
+        if out.stride(0) == 0 and any(ctx.needs_input_grad):
+            # Materialise shared rows: each reader must own its input so that its gradient (and
+            # with it the gradient of each edge's mask) stays separate from the others'.
+            out = out.clone()
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         (weight,) = ctx.saved_tensors
-        buffer, n = ctx.patcher.buffer, ctx.n
+        patcher, n = ctx.patcher, ctx.n
         grad_resid = grad.sum(0) if ctx.needs_input_grad[0] else None
-        if ctx.patcher.per_example:
-            batch, _, pos, d = buffer.shape
+        grad_weight, grad_blocks = None, [None] * len(ctx.block_sizes)
+        nonzero = bool(weight.ne(0).any())
+        if patcher.per_example:
+            batch, _, pos, d = patcher.buffer.shape
             g = grad.transpose(0, 1).reshape(batch, -1, pos * d)  # [b, r, p*d]
-            prefix = buffer[:, :n].reshape(batch, n, pos * d)
-            grad_weight = -(prefix @ g.transpose(1, 2)) if ctx.needs_input_grad[1] else None
-            grad_diff = -(weight @ g).view(batch, n, pos, d).transpose(0, 1)  # [n, b, p, d]
+            if ctx.needs_input_grad[1]:
+                prefix = patcher.buffer[:, :n].reshape(batch, n, pos * d)
+                grad_weight = -(prefix @ g.transpose(1, 2))
+            if nonzero:
+                grad_diff = -(weight @ g).view(batch, n, pos, d).transpose(0, 1)
+                grad_blocks = grad_diff.split(ctx.block_sizes, dim=0)
         else:
-            _, batch, pos, d = buffer.shape
+            _, batch, pos, d = patcher.buffer.shape
             g = grad.reshape(grad.shape[0], -1)  # [r, b*p*d]
-            prefix = buffer[:n].reshape(n, -1)
-            grad_weight = -(prefix @ g.transpose(0, 1)) if ctx.needs_input_grad[1] else None
-            grad_diff = -(weight @ g).view(n, batch, pos, d)
-        grad_blocks = grad_diff.split(ctx.block_sizes, dim=0)
+            if ctx.needs_input_grad[1]:
+                grad_weight = -(patcher.buffer[:n].reshape(n, -1) @ g.transpose(0, 1))
+            if nonzero:
+                grad_diff = -(weight @ g).view(n, batch, pos, d)
+                grad_blocks = grad_diff.split(ctx.block_sizes, dim=0)
         return (grad_resid, grad_weight, None, *grad_blocks)

@@ -112,14 +112,18 @@ def test_per_example_masks_equal_separate_runs(tiny, tokens, counterfactual):
             assert (together[i] - alone[0]).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("at_ones", [False, True])
 @pytest.mark.parametrize("per_example", [False, True])
-def test_mask_gradient_matches_finite_differences(per_example, tokens, counterfactual):
+def test_mask_gradient_matches_finite_differences(per_example, at_ones, tokens, counterfactual):
+    """At a random mask (Edge Pruning) and at all ones (EAP), where nothing is removed."""
     model = random_model(dtype=torch.float64)
     ablated = ablated_values(model, "counterfactual", tokens, counterfactual=counterfactual)
     n = model.graph.n_edges
     gen = torch.Generator().manual_seed(4)
     shape = (len(tokens), n) if per_example else (n,)
     mask = torch.rand(shape, generator=gen, dtype=torch.float64)
+    if at_ones:
+        mask = torch.ones_like(mask)
     weights = torch.randn(model.cfg.d_vocab_out, generator=gen, dtype=torch.float64)
 
     def metric(m):
