@@ -3,8 +3,10 @@
     python benchmarks/engine.py [--repeats 7] [--batch 16] [--seq 20]
 
 Prints, side by side in one run:
-- a GPT-2-small-shaped randomly initialised model: HF ``GPT2LMHeadModel`` forward, our forward
-  with no mask, with a random per-batch mask, and with per-example masks;
+- a GPT-2-small-shaped randomly initialised model: HF ``GPT2LMHeadModel`` forward, and our forward
+  with no mask, with a circuit-shaped mask (every edge among 15% of the nodes), with a random 50%
+  mask (the dense worst case), with per-example random masks, and EAP's forward + backward at an
+  all-ones mask;
 - the largest Tracr ground-truth model: tracr's own JAX forward (if tracr is installed), and our
   forward without and with a mask.
 
@@ -42,15 +44,39 @@ def gpt2_setup(batch: int, seq: int):
     tokens = torch.randint(0, hf.config.vocab_size, (batch, seq), generator=gen)
     counterfactual = torch.randint(0, hf.config.vocab_size, (batch, seq), generator=gen)
     ablated = ablated_values(model, "counterfactual", tokens, counterfactual=counterfactual)
-    n = model.graph.n_edges
-    mask = (torch.rand(n, generator=gen) > 0.5).float()
+    graph = model.graph
+    n = graph.n_edges
+    dense = (torch.rand(n, generator=gen) > 0.5).float()
     masks = (torch.rand(batch, n, generator=gen) > 0.5).float()
+    circuit = node_circuit(graph, gen)
+
+    def eap_pass():  # forward and backward with the mask at all ones, as EAP runs
+        ones = torch.ones(n, requires_grad=True)
+        with torch.enable_grad():
+            model(tokens, ones, ablated)[:, -1, :2].sum().backward()
+
     return {
         "hf GPT2LMHeadModel (plain)": lambda: hf(tokens).logits,
         "patchable, no mask": lambda: model(tokens),
-        "patchable, mask": lambda: model(tokens, mask, ablated),
-        "patchable, per-example masks": lambda: model(tokens, masks, ablated),
+        f"patchable, circuit mask ({int(circuit.sum())} edges)": lambda: model(
+            tokens, circuit, ablated
+        ),
+        "patchable, random 50% mask (dense worst case)": lambda: model(tokens, dense, ablated),
+        "patchable, per-example random 50% masks": lambda: model(tokens, masks, ablated),
+        "patchable, all-ones mask, forward + backward": eap_pass,
     }
+
+
+def node_circuit(graph, gen) -> torch.Tensor:
+    """A circuit shaped like real ones: every edge among 15% of the nodes (input and logits in)."""
+    chosen = {"input", "logits"} | {
+        node for node in graph.sources[1:] if torch.rand(1, generator=gen).item() < 0.15
+    }
+    keep = [
+        graph.sources[s] in chosen and graph.reader_node(graph.readers[r]) in chosen
+        for s, r in zip(graph.edge_src.tolist(), graph.edge_reader.tolist())
+    ]
+    return torch.tensor(keep, dtype=torch.float32)
 
 
 def tracr_setup(batch: int):
@@ -85,7 +111,7 @@ SETUPS = {"gpt2": gpt2_setup, "tracr": lambda batch, seq: tracr_setup(batch)}
 
 def time_variants(variants: dict, repeats: int) -> dict[str, float]:
     times = {name: [] for name in variants}
-    with torch.no_grad():
+    with torch.no_grad():  # eap_pass turns gradients back on for itself
         for fn in variants.values():
             fn()  # warm up
         for _ in range(repeats):

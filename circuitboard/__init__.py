@@ -18,6 +18,7 @@ import os
 
 from circuitboard import loaders
 from circuitboard.ablation import ABLATIONS, ablated_values
+from circuitboard.evaluate import evaluate  # the function; the module stays importable by path
 from circuitboard.graph import Circuit, Graph
 from circuitboard.model import ModelConfig, PatchableTransformer
 from circuitboard.registry import Registry, import_object
@@ -76,7 +77,7 @@ def method_names() -> list[str]:
 
 def __getattr__(attr: str):
     # Subpackages load on first use: cb.groundtruth, cb.methods, cb.tasks, cb.leaderboard, ...
-    if attr in {"groundtruth", "methods", "tasks", "leaderboard", "evaluate_module"}:
+    if attr in {"groundtruth", "methods", "tasks", "leaderboard"}:
         return importlib.import_module(f"circuitboard.{attr}")
     raise AttributeError(f"module 'circuitboard' has no attribute {attr!r}")
 
@@ -90,6 +91,7 @@ __all__ = [
     "PatchableTransformer",
     "Task",
     "ablated_values",
+    "evaluate",
     "get_method",
     "load_model",
     "load_task",
