@@ -478,6 +478,9 @@ def write_json_atomic(path: str | os.PathLike, data: object) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, allow_nan=False)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make results private
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

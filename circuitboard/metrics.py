@@ -208,6 +208,8 @@ def roc_from_circuits(circuits_keep: list[torch.Tensor], truth: torch.Tensor):
     """ROC of a family of circuits (one point each) against ``truth``, closed at (0,0), (1,1)."""
     truth = torch.as_tensor(truth).bool()
     n_pos, n_neg = int(truth.sum()), int((~truth).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("an ROC needs at least one true and one false edge")
     points = {(0.0, 0.0), (1.0, 1.0)}
     for keep in circuits_keep:
         keep = torch.as_tensor(keep).bool()
