@@ -67,14 +67,20 @@ def l2(logits, batch, positions="after_bos") -> torch.Tensor:
 
 
 def accuracy(logits, batch, positions="last") -> torch.Tensor:
-    """Share of scored positions whose argmax is right (answer token, or argmax of target)."""
+    """Share of scored positions whose argmax is right (answer token, or argmax of target).
+
+    With targets, a position whose target has no entry of at least 0.5 holds no categorical
+    value (a Tracr output that RASP leaves undefined) and is not scored.
+    """
     pred = _at(logits, positions).argmax(-1)
-    if batch.target is not None:
-        truth = _at(batch.target.to(logits.device), positions).argmax(-1)
-    else:
+    if batch.target is None:
         answer = _need(batch, "answer", "accuracy")
         truth = (answer if answer.dim() == 1 else answer[:, 0])[:, None].to(pred.device)
-    return (pred == truth).float().mean(1)
+        return (pred == truth).float().mean(1)
+    target = _at(batch.target.to(logits.device), positions)
+    defined = target.max(-1).values >= 0.5
+    right = (pred == target.argmax(-1)) & defined
+    return right.float().sum(1) / defined.sum(1).clamp(min=1)
 
 
 def kl_divergence(full_logits: torch.Tensor, logits: torch.Tensor, positions="last"):

@@ -132,3 +132,10 @@ def test_batched_evaluation_equals_one_circuit_at_a_time():
         0, abs=1e-6
     )
     assert math.isclose(full.top1, 1.0)
+
+
+def test_accuracy_skips_positions_without_a_categorical_value():
+    target = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]])  # BOS, a, b, none
+    logits = torch.tensor([[[5.0, 0.0], [2.0, 1.0], [2.0, 1.0], [0.0, 3.0]]])
+    batch = Batch(torch.zeros(1, 4, dtype=torch.long), target=target)
+    assert metrics.accuracy(logits, batch, "after_bos").tolist() == [0.5]
