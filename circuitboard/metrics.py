@@ -67,16 +67,16 @@ def l2(logits, batch, positions="after_bos") -> torch.Tensor:
 
 
 def accuracy(logits, batch, positions="last") -> torch.Tensor:
-    """Share of scored positions whose argmax is right (answer token, or argmax of target).
+    """Share of scored positions whose argmax is right: in the answer set, or the target's argmax.
 
     With targets, a position whose target has no entry of at least 0.5 holds no categorical
     value (a Tracr output that RASP leaves undefined) and is not scored.
     """
     pred = _at(logits, positions).argmax(-1)
-    if batch.target is None:
-        answer = _need(batch, "answer", "accuracy")
-        truth = (answer if answer.dim() == 1 else answer[:, 0])[:, None].to(pred.device)
-        return (pred == truth).float().mean(1)
+    if batch.target is None:  # right when the top-1 token is in the answer set
+        answer = _need(batch, "answer", "accuracy").to(pred.device)
+        answer = answer if answer.dim() == 2 else answer[:, None]
+        return (pred[:, -1:] == answer).any(1).float()
     target = _at(batch.target.to(logits.device), positions)
     defined = target.max(-1).values >= 0.5
     right = (pred == target.argmax(-1)) & defined

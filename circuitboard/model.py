@@ -335,12 +335,13 @@ class PatchableTransformer(HookedRootModule):
 
         resid = x_in
         n_heads = cfg.n_heads
+        per_head = patch is not None or sources is not None
         for layer, block in enumerate(self.blocks):
             resid = block.hook_resid_pre(resid)
             # ---- attention: 3 * n_heads readers, [3H, batch, pos, d]
             x = read(resid, graph.attn_reader_slice(layer).start, 3 * n_heads)
-            result = self._attention(block, x)  # [H, batch, pos, d]
-            attn_out = block.hook_attn_out(result.sum(0) + block.attn.b_O)
+            result, attn_out = self._attention(block, x, per_head)  # [H, batch, pos, d]
+            attn_out = block.hook_attn_out(attn_out)
             resid = block.hook_resid_mid(resid + attn_out)
             start = graph.attn_sources_before(layer)
             if patch is not None:
@@ -374,8 +375,11 @@ class PatchableTransformer(HookedRootModule):
             return x
         return ln.hook_normalized(F.layer_norm(x, (x.shape[-1],), ln.w, ln.b, self.cfg.ln_eps))
 
-    def _attention(self, block: _Block, x: torch.Tensor) -> torch.Tensor:
-        """Per-head outputs ``[n_heads, batch, pos, d_model]`` from reader inputs ``[3H, b, p, d]``.
+    def _attention(self, block: _Block, x: torch.Tensor, per_head: bool):
+        """Attention from reader inputs ``[3H, b, p, d]``: ``(per-head outputs, summed output)``.
+
+        Per-head outputs ``[n_heads, batch, pos, d_model]`` are TransformerLens's ``hook_result``;
+        they are computed only when asked for (patching, sources) or hooked, else ``None``.
 
         When no reader is patched and no hook changes the inputs, every head reads the same
         stream, which is normalised once. The projections are the same batched matmuls either
@@ -396,17 +400,21 @@ class PatchableTransformer(HookedRootModule):
                 shared = False
                 part = out.permute(2, 0, 1, 3)
             inputs.append(part)
-        if shared:  # normalise once; every head of q, k and v reads the same stream
-            normed = self._norm(block.ln1, x[0]).reshape(1, batch * pos, d)
-            inputs = [normed.expand(n_heads, -1, -1)] * 3
-        else:
-            inputs = [
-                self._norm(block.ln1, part).reshape(n_heads, batch * pos, d) for part in inputs
+        if shared:  # normalise once; one matmul per projection, as a plain GPT-2 does
+            normed = self._norm(block.ln1, x[0]).reshape(batch * pos, d)
+            qkv = [
+                torch.addmm(b.reshape(-1), normed, w.permute(1, 0, 2).reshape(d, -1))
+                .view(batch, pos, n_heads, -1)
+                .permute(2, 0, 1, 3)
+                for w, b in zip(weights, biases)
             ]
-        qkv = [
-            torch.baddbmm(b[:, None], normed, w).view(n_heads, batch, pos, -1)
-            for normed, w, b in zip(inputs, weights, biases)
-        ]
+        else:
+            qkv = [
+                torch.baddbmm(
+                    b[:, None], self._norm(block.ln1, part).reshape(n_heads, batch * pos, d), w
+                ).view(n_heads, batch, pos, -1)
+                for part, w, b in zip(inputs, weights, biases)
+            ]
         q, k, v = (
             hook(t.permute(1, 2, 0, 3)).permute(2, 0, 1, 3)
             for t, hook in zip(qkv, (attn.hook_q, attn.hook_k, attn.hook_v))
@@ -417,9 +425,22 @@ class PatchableTransformer(HookedRootModule):
             scores = scores.masked_fill(future, float("-inf"))
         scores = attn.hook_attn_scores(scores.transpose(0, 1)).transpose(0, 1)
         pattern = attn.hook_pattern(torch.softmax(scores, dim=-1).transpose(0, 1)).transpose(0, 1)
-        z = attn.hook_z((pattern @ v).permute(1, 2, 0, 3)).permute(2, 0, 1, 3)
-        result = (z.reshape(n_heads, batch * pos, -1) @ attn.W_O).view(n_heads, batch, pos, d)
-        return attn.hook_result(result.permute(1, 2, 0, 3)).permute(2, 0, 1, 3)
+        z = attn.hook_z((pattern @ v).permute(1, 2, 0, 3))  # [b, p, H, e]
+        if not per_head and not attn.hook_result.fwd_hooks:
+            # Nobody needs the heads apart: one matmul sums them, as a plain GPT-2 does.
+            out = torch.addmm(attn.b_O, z.reshape(batch * pos, -1), attn.W_O.reshape(-1, d))
+            return None, out.view(batch, pos, d)
+        heads = z.permute(2, 0, 1, 3).reshape(n_heads, batch * pos, -1)
+        result = (heads @ attn.W_O).view(n_heads, batch, pos, d)
+        view = result.permute(1, 2, 0, 3)
+        hooked = attn.hook_result(view)
+        if hooked is view:
+            # The stream gets the same fused sum as the plain pass, so that keeping every edge
+            # reproduces the unpatched logits bit for bit; the heads feed only the patches.
+            out = torch.addmm(attn.b_O, z.reshape(batch * pos, -1), attn.W_O.reshape(-1, d))
+            return result, out.view(batch, pos, d)
+        result = hooked.permute(2, 0, 1, 3)
+        return result, result.sum(0) + attn.b_O
 
     # ------------------------------------------------------------------ conveniences
     @torch.no_grad()
@@ -481,6 +502,13 @@ class _Patcher:
         """Record sources ``start ..`` from ``outputs [n, batch, pos, d]``."""
         assert start == self.filled, "sources must be written in order"
         n = outputs.shape[0]
+        if not self.per_example and not torch.is_grad_enabled():  # no history to keep
+            diff = self.buffer[start : start + n]
+            torch.sub(outputs, self.ablated[start : start + n], out=diff)
+            self.total += diff.sum(0)
+            self.blocks.append(diff)
+            self.filled += n
+            return
         diff = outputs - self.ablated[start : start + n]
         with torch.no_grad():
             if self.per_example:
@@ -525,7 +553,7 @@ class _Patcher:
                 base, coef, sign, rows = resid - self.total, 1 - weight, 1, kept_rows
                 if len(rows) == 0:  # everything removed: the fully ablated stream
                     return base[None].expand(n_readers, batch, pos, d)
-        if len(rows) == self.filled:
+        if len(rows) > 0.75 * self.filled:  # gathering most rows costs more than it saves
             prefix = self._prefix(None)
         else:
             coef, prefix = coef.index_select(coef.dim() - 2, rows), self._prefix(rows)
@@ -544,6 +572,13 @@ class _Patcher:
         return torch.nonzero(any_reader).flatten()
 
 
+class _PatchView:
+    """The parts of a ``_Patcher`` that ``_PrefixPatch.backward`` reads."""
+
+    def __init__(self, buffer: torch.Tensor, per_example: bool) -> None:
+        self.buffer, self.per_example = buffer, per_example
+
+
 class _PrefixPatch(torch.autograd.Function):
     """``x[r] = resid - sum_s weight[s, r] * diff[s]`` over the sources written so far.
 
@@ -555,7 +590,10 @@ class _PrefixPatch(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, resid, weight, patcher, *blocks):
-        ctx.patcher, ctx.n = patcher, patcher.filled
+        # Keep only what backward reads: holding the patcher itself (whose difference blocks
+        # carry this node in their autograd history) made a cycle through the C++ graph that
+        # Python's collector cannot see, leaking every patched graph built with gradients.
+        ctx.patcher, ctx.n = _PatchView(patcher.buffer, patcher.per_example), patcher.filled
         ctx.block_sizes = [b.shape[0] for b in blocks]
         ctx.save_for_backward(weight)
         out = patcher.patch(resid, weight)

@@ -30,6 +30,9 @@ def save(model: PatchableTransformer, path: str | os.PathLike, card: dict | None
     os.close(fd)
     try:
         save_file(tensors, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the weights private
         os.replace(tmp, os.path.join(path, WEIGHTS_FILE))
     finally:
         if os.path.exists(tmp):
