@@ -70,7 +70,8 @@ def accuracy(logits, batch, positions="last") -> torch.Tensor:
     """Share of scored positions whose argmax is right: in the answer set, or the target's argmax.
 
     With targets, a position whose target has no entry of at least 0.5 holds no categorical
-    value (a Tracr output that RASP leaves undefined) and is not scored.
+    value (a Tracr output that RASP leaves undefined) and is not scored; an example with no such
+    position has nothing to get wrong and scores 1.
     """
     pred = _at(logits, positions).argmax(-1)
     if batch.target is None:  # right when the top-1 token is in the answer set
@@ -79,8 +80,8 @@ def accuracy(logits, batch, positions="last") -> torch.Tensor:
         return (pred[:, -1:] == answer).any(1).float()
     target = _at(batch.target.to(logits.device), positions)
     defined = target.max(-1).values >= 0.5
-    right = (pred == target.argmax(-1)) & defined
-    return right.float().sum(1) / defined.sum(1).clamp(min=1)
+    wrong = (pred != target.argmax(-1)) & defined
+    return 1 - wrong.float().sum(1) / defined.sum(1).clamp(min=1)
 
 
 def kl_divergence(full_logits: torch.Tensor, logits: torch.Tensor, positions="last"):
