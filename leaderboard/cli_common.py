@@ -1,0 +1,97 @@
+"""Arguments that several leaderboard commands share."""
+
+from __future__ import annotations
+
+import json
+
+from circuitboard.leaderboard.executors import EXECUTORS
+
+from circuitboard.ablation import ABLATIONS
+
+
+def add_results(parser) -> None:
+    parser.add_argument(
+        "--results",
+        metavar="DIR",
+        help="results directory (default: $CIRCUITBOARD_RESULTS, else leaderboard/results)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where LEADERBOARD.md, the CSVs and plots go (default: the results folder's parent)",
+    )
+
+
+def add_suite(parser, *, seeds_default: int) -> None:
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        metavar="TASK",
+        help="tasks (default: every Tracr program, then every standard task "
+        "that runs here); also an import path pkg.mod:factory",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=seeds_default,
+        metavar="N",
+        help=f"seeds 0..N-1 (default {seeds_default})",
+    )
+    parser.add_argument(
+        "--ablation",
+        nargs="+",
+        choices=ABLATIONS,
+        metavar="ABLATION",
+        help="ablations to run (default: resample for Tracr programs, the "
+        "task's counterfactual otherwise); choices: " + ", ".join(ABLATIONS),
+    )
+    parser.add_argument(
+        "--no-robustness",
+        action="store_true",
+        help="skip the robustness report (other ablations, off-distribution, controls)",
+    )
+    parser.add_argument(
+        "--n-boot",
+        type=int,
+        default=1000,
+        help="bootstrap draws for faithfulness intervals (default 1000)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads per cell (default 1: fastest for small models such as the "
+        "Tracr programs, and what Ray workers use anyway; 0 leaves torch's own choice)",
+    )
+    parser.add_argument(
+        "--device", help="run models on this device (e.g. cuda); default: where the model loads"
+    )
+
+
+def add_executor(parser) -> None:
+    parser.add_argument(
+        "--force", action="store_true", help="rerun cells that already have a result"
+    )
+    parser.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="local (in this process, default), process (a process pool) or ray",
+    )
+    parser.add_argument("--workers", type=int, help="processes or Ray CPUs (default: all cores)")
+    parser.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def parse_params(items: list[str] | None) -> dict:
+    """``key=value`` pairs; values are read as JSON where they parse (3, 0.5, true), else text."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param {item!r}: write parameters as key=value")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out

@@ -1,0 +1,94 @@
+"""``circuitboard run``: run methods on tasks, store one result per cell, render the tables.
+
+Completed cells are skipped, so an interrupted run picks up where it stopped. The default set
+(``runner.DEFAULT_METHODS``) is the fast methods, random, EAP, EAP-IG and ACDC, on every task
+that can run here (the Tracr programs, plus standard tasks whose zoo models are available), one
+seed; ``--methods all`` runs every registered method.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from circuitboard.leaderboard import rendering, runner
+from circuitboard.leaderboard.catalog import MethodSpec
+from circuitboard.leaderboard.cli_common import (
+    add_executor,
+    add_results,
+    add_suite,
+    parse_params,
+)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="METHOD",
+        help="registered names or import paths pkg.mod:Class (default: "
+        + ", ".join(runner.DEFAULT_METHODS)
+        + "); 'all' for every registered method",
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a parameter for the methods (repeatable), e.g. --param steps=20",
+    )
+    add_suite(parser, seeds_default=runner.DEFAULT_SEEDS)
+    add_executor(parser)
+    add_results(parser)
+    parser.add_argument("--no-render", action="store_true", help="do not regenerate the tables")
+
+
+def main(args) -> int:
+    params = parse_params(args.param)
+    methods = None
+    if args.methods:
+        names = args.methods
+        if names == ["all"]:
+            import circuitboard as cb
+
+            names = cb.method_names()
+        methods = [MethodSpec(n, params=params) for n in names]
+    elif params:
+        methods = [MethodSpec(n, params=params) for n in runner.default_methods()]
+    problems: list[str] = []
+    cells = runner.plan(
+        methods,
+        args.tasks,
+        args.seeds,
+        args.ablation,
+        robustness=not args.no_robustness,
+        n_boot=args.n_boot,
+        device=args.device,
+        threads=args.threads,
+        problems=problems,
+    )
+    for problem in problems:
+        print(f"note: {problem}", file=sys.stderr)
+    if not cells:
+        print("nothing to run: no method or no task available", file=sys.stderr)
+        return 1
+    try:
+        summary = _run(cells, args)
+    except ImportError as err:
+        print(f"circuitboard run: error: {err}", file=sys.stderr)
+        return 2
+    print(summary.describe())
+    if not args.no_render:
+        written = rendering.render(args.results, args.out)
+        print(f"tables: {written['markdown']}")
+    return 0 if summary.ok else 1
+
+
+def _run(cells, args):
+    return runner.run(
+        cells,
+        args.results,
+        force=args.force,
+        executor=args.executor,
+        workers=args.workers,
+        address=args.address,
+        progress=not args.quiet,
+    )

@@ -1,0 +1,129 @@
+"""``circuitboard validate METHOD``: score a method against every Tracr ground truth.
+
+For each program the method is run once (seed 0 unless ``--seed``) under the ablation (default
+``resample``), and its circuits are compared with the ground truth for that ablation. A program
+passes when
+
+- the AUC of the method's ROC is at least ``--min-auc`` (default 0.9), and
+- the F1 of the circuit it returns at the ground truth's size is at least ``--min-f1``
+  (default 0.9), and
+- with ``--require-exact``, some returned circuit equals the ground truth after pruning.
+
+A program whose ground truth is empty (no edge matters under the ablation) has no AUC or F1; it
+passes when some returned circuit is empty after pruning.
+
+Nothing is written. Exit status: 0 if every program passes, 1 if one fails or errors, 2 if there
+is no program to validate against.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+from circuitboard.leaderboard import catalog
+from circuitboard.leaderboard.catalog import MethodSpec
+from circuitboard.leaderboard.cell import Cell, run_cell
+from circuitboard.leaderboard.cli_common import parse_params
+from tabulate import tabulate
+
+GT_ABLATIONS = ("zero", "resample", "mean", "counterfactual")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("method", help="a registered name or an import path pkg.mod:Class")
+    parser.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a parameter for the method (repeatable)",
+    )
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        metavar="TASK",
+        help="programs (default: every Tracr program); also pkg.mod:factory",
+    )
+    parser.add_argument(
+        "--ablation",
+        default="resample",
+        choices=GT_ABLATIONS,
+        help="ablation, and with it the ground truth (default resample; "
+        "counterfactual is judged against the resample ground truth)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-auc", type=float, default=0.9)
+    parser.add_argument("--min-f1", type=float, default=0.9)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument(
+        "--require-exact",
+        action="store_true",
+        help="also require exact recovery of the ground truth",
+    )
+
+
+def verdict(gt: dict | None, args) -> tuple[bool, str]:
+    """``(passed, why)`` for one program's ground-truth scores."""
+    if not gt or "problem" in gt:
+        return False, (gt or {}).get("problem", "no ground truth for this ablation")
+    if gt.get("empty_truth"):
+        note = "empty ground truth: judged by exact recovery (of the empty circuit)"
+        return gt["exact_recovery"], note if gt["exact_recovery"] else note + ", not found"
+    reasons = []
+    if gt.get("auc") is None or gt["auc"] < args.min_auc:
+        reasons.append(f"AUC < {args.min_auc}")
+    if gt["f1"] < args.min_f1:
+        reasons.append(f"F1 < {args.min_f1}")
+    if args.require_exact and not gt["exact_recovery"]:
+        reasons.append("not recovered exactly")
+    return not reasons, "; ".join(reasons)
+
+
+def main(args) -> int:
+    tasks = args.tasks or catalog.tracr_names()
+    if not tasks:
+        print(
+            "no Tracr programs available: build them with `circuitboard groundtruth`",
+            file=sys.stderr,
+        )
+        return 2
+    spec = MethodSpec(args.method, params=parse_params(args.param))
+    print(
+        f"validating {args.method} under {args.ablation} ablation, seed {args.seed}; a program "
+        f"passes with AUC >= {args.min_auc} and F1 at the ground truth's size >= {args.min_f1}"
+        + (" and exact recovery" if args.require_exact else "")
+    )
+    rows, failed = [], 0
+    for task in tasks:
+        row = {"program": task}
+        try:
+            model = catalog.task_models(task)[0]
+            cell = Cell(
+                spec,
+                task,
+                model,
+                args.ablation,
+                args.seed,
+                robustness=False,
+                n_boot=200,
+                threads=args.threads,
+            )
+            gt = run_cell(cell).get("groundtruth")
+            passed, why = verdict(gt, args)
+            if gt and "problem" not in gt:
+                row.update(
+                    gt_size=gt["size"],
+                    auc=gt["auc"],
+                    f1=gt["f1"],
+                    exact="yes" if gt["exact_recovery"] else "no",
+                )
+        except Exception as err:  # one broken program must not hide the others' verdicts
+            passed, why = False, f"error: {err}"
+            traceback.print_exc(file=sys.stderr)
+        row["result"] = "PASS" if passed else "FAIL"
+        row["why"] = why
+        failed += not passed
+        rows.append(row)
+    print(tabulate(rows, headers="keys", tablefmt="github", floatfmt=".3f", missingval="–"))
+    print(f"{len(rows) - failed}/{len(rows)} programs passed")
+    return 1 if failed else 0

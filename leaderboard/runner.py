@@ -1,0 +1,192 @@
+"""Plan cells, run the ones without a result, write each result as it arrives, render tables.
+
+A run is resumable: a cell whose result file loads is skipped (unless ``force``), and every
+finished cell is on disk the moment it finishes, so a crash or Ctrl-C loses at most the cells
+that were in flight. ``atomic=True`` (used by ``submit``) instead writes nothing unless every
+cell succeeded.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from circuitboard.leaderboard import catalog, store
+from circuitboard.leaderboard.catalog import MethodSpec
+from circuitboard.leaderboard.cell import Cell
+from circuitboard.leaderboard.executors import execute
+from tqdm.auto import tqdm
+
+# The default run, sized for a few minutes on a 2-core CPU: the fast methods (the random
+# baseline, EAP, EAP-IG, ACDC) on every task that can run here, one seed. Edge Pruning and node
+# pruning train for hundreds of steps per circuit size (tens of minutes per Tracr program on
+# such a machine); name them, or pass ``--methods all``, to run them too.
+DEFAULT_METHODS = ("random", "eap", "eap-ig", "acdc")
+DEFAULT_SEEDS = 1
+DEFAULT_THREADS = 1
+
+
+def default_methods() -> list[str]:
+    import circuitboard as cb
+
+    try:
+        names = cb.method_names()
+    except ImportError:
+        return []
+    return [n for n in DEFAULT_METHODS if n in names]
+
+
+def default_tasks() -> list[str]:
+    """Every Tracr program with a ground truth, then every standard task whose model loads."""
+    return catalog.tracr_names() + catalog.standard_names()
+
+
+def as_spec(method: str | MethodSpec) -> MethodSpec:
+    return method if isinstance(method, MethodSpec) else MethodSpec(method)
+
+
+def plan(
+    methods: Sequence[str | MethodSpec] | None = None,
+    tasks: Sequence[str] | None = None,
+    seeds: int | Sequence[int] = DEFAULT_SEEDS,
+    ablations: Sequence[str] | None = None,
+    *,
+    robustness: bool = True,
+    n_boot: int = 1000,
+    device: str | None = None,
+    threads: int | None = None,
+    problems: list[str] | None = None,
+) -> list[Cell]:
+    """The cells of a sweep, grouped by task so each task's model loads once per worker.
+
+    ``ablations`` ``None`` means each task's default (``catalog.default_ablation``). A task whose
+    model cannot load is left out and named in ``problems``.
+    """
+    specs = [as_spec(m) for m in (default_methods() if methods is None else methods)]
+    task_names = default_tasks() if tasks is None else list(tasks)
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    cells = []
+    for task in task_names:
+        try:
+            models = catalog.task_models(task)
+        except (ImportError, KeyError, ValueError, FileNotFoundError, AttributeError) as err:
+            if problems is None:
+                raise
+            problems.append(f"task {task!r} cannot run here: {err}")
+            continue
+        if not models and problems is not None:
+            problems.append(f"task {task!r} has no model that does it (yet); skipped")
+        for model in models:
+            if ablations:
+                chosen = list(ablations)
+            elif task.startswith("tracr/"):
+                chosen = ["resample"]
+            else:
+                chosen = [catalog.default_ablation(catalog.load_bundle(task, model))]
+            for spec in specs:
+                for ablation in chosen:
+                    for seed in seed_list:
+                        cells.append(
+                            Cell(
+                                spec,
+                                task,
+                                model,
+                                ablation,
+                                seed,
+                                robustness,
+                                n_boot,
+                                device,
+                                threads,
+                            )
+                        )
+    return cells
+
+
+@dataclass
+class RunSummary:
+    planned: int = 0
+    skipped: int = 0
+    written: list[str] = field(default_factory=list)
+    failed: list[tuple[Cell, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def describe(self) -> str:
+        lines = [
+            f"{self.planned} cells: {self.skipped} already stored, {len(self.written)} written, "
+            f"{len(self.failed)} failed"
+        ]
+        for cell, error in self.failed:
+            last = error.strip().splitlines()[-1] if error.strip() else "error"
+            lines.append(f"  FAILED {cell.key}: {last}")
+        return "\n".join(lines)
+
+
+def run(
+    cells: Sequence[Cell],
+    results: str | None = None,
+    *,
+    force: bool = False,
+    executor: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+    atomic: bool = False,
+) -> RunSummary:
+    """Run the cells that have no stored result (all with ``force``); write each result."""
+    directory = store.results_dir(results)
+    summary = RunSummary(planned=len(cells))
+    todo = [c for c in cells if force or not store.stored(c.key, directory)]
+    summary.skipped = len(cells) - len(todo)
+    if not todo:
+        return summary
+    disable = not progress
+    outer = tqdm(
+        total=len(cells),
+        initial=summary.skipped,
+        desc="cells",
+        disable=disable,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    inner = {}
+
+    def stage(cell: Cell, name: str) -> None:
+        bar = inner.get(cell.key)
+        if bar is None:
+            bar = inner[cell.key] = tqdm(
+                total=cell.n_stages,
+                desc=str(cell.key),
+                leave=False,
+                disable=disable,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+        bar.set_postfix_str(name)
+        bar.update(1)
+
+    held = []
+    try:
+        for outcome in execute(todo, executor, workers=workers, address=address, stage=stage):
+            bar = inner.pop(outcome.cell.key, None)
+            if bar is not None:
+                bar.close()
+            if outcome.record is None:
+                summary.failed.append((outcome.cell, outcome.error or "unknown error"))
+                tqdm.write(f"cell failed: {outcome.cell.key}\n{outcome.error}", file=sys.stderr)
+            elif atomic:
+                held.append(outcome.record)
+            else:
+                summary.written.append(store.write_result(outcome.record, directory))
+            outer.update(1)
+    finally:
+        for bar in inner.values():
+            bar.close()
+        outer.close()
+    if atomic and not summary.failed:
+        for record in held:
+            summary.written.append(store.write_result(record, directory))
+    return summary

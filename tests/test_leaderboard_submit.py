@@ -1,0 +1,177 @@
+"""`circuitboard submit` (code and data) and `circuitboard validate`, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from circuitboard.leaderboard import store, tables
+from test_leaderboard_helpers import GT_EDGES, EdgeEffects, tiny_bundle
+
+from circuitboard import cli
+from circuitboard.graph import Circuit
+
+HELPERS = "test_leaderboard_helpers"
+TASK = f"{HELPERS}:tiny_bundle"
+QUICK = ["--n-boot", "20", "--threads", "1", "--quiet"]
+
+
+def submit(tmp_path, spec, name, *extra):
+    argv = ["submit", spec, "--name", name, "--results", str(tmp_path / "results"), *QUICK]
+    return cli.main(argv + list(extra))
+
+
+def snapshot(root) -> dict:
+    out = {}
+    for folder, _, files in os.walk(root):
+        for f in files:
+            path = os.path.join(folder, f)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, root)] = fh.read()
+    return out
+
+
+def scores_graph(tmp_path, name="scores.json") -> tuple[str, dict]:
+    bundle = tiny_bundle()
+    scores = EdgeEffects().score_edges(bundle.model, bundle.task, "resample", 0)
+    data = Circuit(bundle.model.graph, torch.zeros(46, dtype=torch.bool), scores).to_json_dict()
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return str(path), data
+
+
+def test_submit_code_and_scores_json_end_to_end(tmp_path, capsys):
+    code = submit(
+        tmp_path,
+        f"{HELPERS}:EdgeEffects",
+        "mine",
+        "--tasks",
+        TASK,
+        "--seeds",
+        "1",
+        "--no-robustness",
+    )
+    assert code == 0, capsys.readouterr().err
+    path, _ = scores_graph(tmp_path)
+    assert submit(tmp_path, path, "mine-json", "--task", TASK) == 0, capsys.readouterr().err
+    text = (tmp_path / "LEADERBOARD.md").read_text()
+    assert "| mine " in text and "| mine-json " in text
+    csv = (tmp_path / "leaderboard.csv").read_text()
+    assert "\nmine," in csv and "\nmine-json," in csv
+    df = tables.load_results(tmp_path / "results")
+    code_rec = df.set_index("method").loc["mine", "record"]
+    data_rec = df.set_index("method").loc["mine-json", "record"]
+    # The same scores, as code or as data, give the same circuits and the same curve.
+    assert [c["edges"] for c in data_rec["circuits"]] == [c["edges"] for c in code_rec["circuits"]]
+    strip = lambda r: store.comparable(r)["evaluation"]  # noqa: E731
+    assert strip(data_rec) == strip(code_rec)
+    assert data_rec["groundtruth"]["auc"] == code_rec["groundtruth"]["auc"]
+    assert data_rec["method"]["submission"]["kind"] == "scores"
+    # Data cannot be rerun on a random model or shuffled labels: those controls say so.
+    controls = data_rec["robustness"]["controls"]
+    assert "not applicable" in controls["random_model"]["problem"]
+    assert "beats" in controls["random_circuits"]
+
+
+def test_submit_circuits_json(tmp_path):
+    bundle = tiny_bundle()
+    truth = Circuit.from_edges(bundle.model.graph, GT_EDGES)
+    path = tmp_path / "circuits.json"
+    path.write_text(json.dumps({"circuits": [truth.to_json_dict()]}))
+    assert submit(tmp_path, str(path), "gt-data", "--task", TASK, "--no-robustness") == 0
+    rec = tables.load_results(tmp_path / "results")["record"][0]
+    gt = rec["groundtruth"]
+    assert gt["roc_from"] == "circuits" and gt["exact_recovery"] is True and gt["f1"] == 1.0
+    sizes = [c["size"] for c in rec["circuits"]]
+    assert sizes == [0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4]  # budgets below 4 edges: the empty circuit
+
+
+def malformed(tmp_path) -> dict[str, tuple[str, str]]:
+    """Variant name -> (file text, the reason the refusal must give)."""
+    _, good = scores_graph(tmp_path)
+    edges = good["edges"]
+    first = next(iter(edges))
+    out = {}
+    bad = json.loads(json.dumps(good))
+    bad["edges"]["input->a9.h0<q>"] = {"score": 1.0, "in_graph": False}
+    out["unknown"] = (json.dumps(bad), "unknown edge 'input->a9.h0<q>': no reader 'a9.h0<q>'")
+    text = json.dumps(good).replace(json.dumps(edges[first]["score"]), "NaN", 1)
+    out["nan"] = (text, f"edge {first!r} has a non-finite score nan")
+    bad = json.loads(json.dumps(good))
+    del bad["edges"]["m1->logits"]
+    out["missing"] = (json.dumps(bad), "1 of the model's 46 edges have no score")
+    body = json.dumps(good["edges"])[1:-1]
+    dup = '{"' + first + '": {"score": 0.5, "in_graph": false}, ' + body + "}"
+    out["duplicate"] = ('{"edges": ' + dup + "}", f"duplicate key {first!r}")
+    bad = json.loads(json.dumps(good))
+    bad["cfg"]["n_layers"] = 12
+    out["other model"] = (json.dumps(bad), "cfg.n_layers is 12 but the task's model has 2")
+    bad = json.loads(json.dumps(good))
+    bad["edges"][first]["score"] = float("inf")
+    out["inf"] = (json.dumps(bad), "non-finite score inf")
+    out["not json"] = ("{edges: }", "not valid JSON")
+    return out
+
+
+def test_malformed_submissions_are_refused_and_write_nothing(tmp_path, capsys):
+    assert submit(tmp_path, f"{HELPERS}:Oracle", "first", "--tasks", TASK, "--no-robustness") == 0
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    bad_dir = tmp_path.parent / (tmp_path.name + "-bad")
+    bad_dir.mkdir()
+    for variant, (text, reason) in malformed(bad_dir).items():
+        path = bad_dir / f"{variant.replace(' ', '-')}.json"
+        path.write_text(text)
+        assert submit(tmp_path, str(path), "bad", "--task", TASK) == 2, variant
+        err = capsys.readouterr().err
+        assert "submission refused, nothing was written" in err and reason in err, (variant, err)
+        assert snapshot(tmp_path) == before, variant
+    refusals = {
+        f"{HELPERS}:NotAMethod": "has no find_circuits",
+        f"{HELPERS}:Missing": "cannot build",
+        "no-such-entry-point": "neither a file, nor an import path",
+    }
+    for spec, reason in refusals.items():
+        assert submit(tmp_path, spec, "bad", "--tasks", TASK) == 2
+        assert reason in capsys.readouterr().err
+    assert submit(tmp_path, f"{HELPERS}:Oracle", "eap", "--tasks", TASK) == 2
+    assert "already a registered method" in capsys.readouterr().err
+    assert submit(tmp_path, f"{HELPERS}:Oracle", "bad name!", "--tasks", TASK) == 2
+    assert "is not valid" in capsys.readouterr().err
+    # Another submission under a stored name needs --replace.
+    assert submit(tmp_path, f"{HELPERS}:AntiOracle", "first", "--tasks", TASK) == 2
+    assert "from a different submission" in capsys.readouterr().err
+    assert snapshot(tmp_path) == before
+
+
+def test_validate_command(capsys):
+    assert cli.main(["validate", f"{HELPERS}:Oracle", "--tasks", TASK, "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "AUC >= 0.9 and F1 at the ground truth's size >= 0.9" in out
+    assert "PASS" in out and "1/1 programs passed" in out
+    assert cli.main(["validate", f"{HELPERS}:AntiOracle", "--tasks", TASK]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "AUC < 0.9; F1 < 0.9" in out
+    assert cli.main(["validate", f"{HELPERS}:Oracle", "--tasks", f"{HELPERS}:plain_bundle"]) == 1
+    assert "no ground truth" in capsys.readouterr().out
+
+
+def test_validate_exact(capsys):
+    argv = ["validate", f"{HELPERS}:EdgeEffects", "--tasks", TASK, "--threads", "1"]
+    assert cli.main(argv + ["--min-auc", "0.5", "--min-f1", "0"]) == 0
+    assert cli.main(argv + ["--min-auc", "0.5", "--min-f1", "0", "--require-exact"]) == 1
+    out = capsys.readouterr().out
+    assert "and exact recovery" in out and "not recovered exactly" in out
+
+
+def test_submit_by_entry_point_name(tmp_path, monkeypatch):
+    from importlib import metadata
+    from types import SimpleNamespace
+
+    point = SimpleNamespace(name="oracle-ep", value=f"{HELPERS}:Oracle")
+    monkeypatch.setattr(metadata, "entry_points", lambda group=None: [point])
+    assert submit(tmp_path, "oracle-ep", "via-ep", "--tasks", TASK, "--no-robustness") == 0
+    rec = tables.load_results(tmp_path / "results")["record"][0]
+    assert rec["method"]["target"] == f"{HELPERS}:Oracle" and rec["key"]["method"] == "via-ep"
+    assert rec["groundtruth"]["auc"] == 1.0
