@@ -28,13 +28,13 @@ from datetime import datetime, timezone
 
 import numpy as np
 import torch
+
+from circuitboard.evaluate import BUDGETS, budget_sizes, curve_areas, evaluate
+from circuitboard.graph import Circuit
 from circuitboard.leaderboard import robustness, scores
 from circuitboard.leaderboard.catalog import GROUNDTRUTH_FOR, MethodSpec, load_bundle
 from circuitboard.leaderboard.environment import environment
 from circuitboard.leaderboard.store import SCHEMA, SCHEMA_VERSION, Key, json_safe
-
-from circuitboard.evaluate import BUDGETS, budget_sizes, curve_areas, evaluate
-from circuitboard.graph import Circuit
 
 STAGES = ("method", "evaluate", "ground truth")
 

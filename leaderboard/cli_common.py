@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from circuitboard.leaderboard.executors import EXECUTORS
-
 from circuitboard.ablation import ABLATIONS
+from circuitboard.leaderboard.executors import EXECUTORS
 
 
 def add_results(parser) -> None:
@@ -27,8 +26,8 @@ def add_suite(parser, *, seeds_default: int) -> None:
         "--tasks",
         nargs="+",
         metavar="TASK",
-        help="tasks (default: every Tracr program, then every standard task "
-        "that runs here); also an import path pkg.mod:factory",
+        help="tasks (default: every Tracr program); 'tracr' and 'standard' stand for every "
+        "Tracr program and every standard task; also an import path pkg.mod:factory",
     )
     parser.add_argument(
         "--seeds",

@@ -1,9 +1,9 @@
 """``circuitboard run``: run methods on tasks, store one result per cell, render the tables.
 
 Completed cells are skipped, so an interrupted run picks up where it stopped. The default set
-(``runner.DEFAULT_METHODS``) is the fast methods, random, EAP, EAP-IG and ACDC, on every task
-that can run here (the Tracr programs, plus standard tasks whose zoo models are available), one
-seed; ``--methods all`` runs every registered method.
+(``runner.DEFAULT_METHODS``) is the fast methods, random, EAP, EAP-IG and ACDC, on every Tracr
+program, one seed; ``--methods all`` runs every registered method, ``--tasks standard`` every
+standard task on the zoo models that do it.
 """
 
 from __future__ import annotations

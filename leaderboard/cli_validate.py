@@ -21,11 +21,12 @@ from __future__ import annotations
 import sys
 import traceback
 
+from tabulate import tabulate
+
 from circuitboard.leaderboard import catalog
 from circuitboard.leaderboard.catalog import MethodSpec
 from circuitboard.leaderboard.cell import Cell, run_cell
 from circuitboard.leaderboard.cli_common import parse_params
-from tabulate import tabulate
 
 GT_ABLATIONS = ("zero", "resample", "mean", "counterfactual")
 

@@ -19,9 +19,9 @@ import os
 import tempfile
 
 import pandas as pd
-from circuitboard.leaderboard import store, tables
 from tabulate import tabulate
 
+from circuitboard.leaderboard import store, tables
 from circuitboard.metrics import LOG_AXIS
 
 RANKING_NOTE = (

@@ -15,10 +15,9 @@ circuits.
 
 from __future__ import annotations
 
-from circuitboard.leaderboard import controls
-
 from circuitboard.evaluate import Evaluation, evaluate
 from circuitboard.graph import Circuit
+from circuitboard.leaderboard import controls
 
 ABLATIONS = ("zero", "mean", "resample", "counterfactual")
 STAGES = (

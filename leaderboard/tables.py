@@ -8,6 +8,7 @@ each averaged over seeds; a method's summary rank is the mean of its ranks over 
 from __future__ import annotations
 
 import pandas as pd
+
 from circuitboard.leaderboard import scores, store
 
 GROUP = ["task", "model", "ablation", "method"]

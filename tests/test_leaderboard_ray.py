@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from circuitboard.leaderboard import runner, store
 from circuitboard.leaderboard.catalog import MethodSpec
 

@@ -6,14 +6,14 @@ import os
 
 import pytest
 import torch
-from circuitboard.leaderboard import controls, rendering, runner, store, tables
-from circuitboard.leaderboard.catalog import MethodSpec
-from circuitboard.leaderboard.cell import Cell, run_cell
 from test_leaderboard_helpers import FLAG_ENV, GT_EDGES, tiny_bundle
 
 from circuitboard import cli, metrics
 from circuitboard.evaluate import budget_sizes, evaluate
 from circuitboard.graph import Circuit
+from circuitboard.leaderboard import controls, rendering, runner, store, tables
+from circuitboard.leaderboard.catalog import MethodSpec
+from circuitboard.leaderboard.cell import Cell, run_cell
 
 HELPERS = "test_leaderboard_helpers"
 TASK = f"{HELPERS}:tiny_bundle"

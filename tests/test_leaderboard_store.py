@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+
 from circuitboard.leaderboard import rendering, scores, store
 from circuitboard.leaderboard.tables import load_results
 

@@ -6,11 +6,11 @@ import json
 import os
 
 import torch
-from circuitboard.leaderboard import store, tables
 from test_leaderboard_helpers import GT_EDGES, EdgeEffects, tiny_bundle
 
 from circuitboard import cli
 from circuitboard.graph import Circuit
+from circuitboard.leaderboard import store, tables
 
 HELPERS = "test_leaderboard_helpers"
 TASK = f"{HELPERS}:tiny_bundle"
