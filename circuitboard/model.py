@@ -282,6 +282,7 @@ class PatchableTransformer(HookedRootModule):
         input_embeds: torch.Tensor | None = None,
         return_sources: bool = False,
         return_reader_inputs: bool = False,
+        return_logits: bool = True,
     ) -> RunOutput:
         """One patched forward pass.
 
@@ -290,6 +291,7 @@ class PatchableTransformer(HookedRootModule):
         - ``input_embeds``: the ``input`` node's output ``[batch, pos, d_model]`` in place of
           token and position embeddings (EAP-IG interpolates it).
         - ``return_sources``: also return every source's output, ``[batch, pos, n_sources, d]``.
+        - ``return_logits=False``: stop after the last source (``logits`` is then None).
         - ``return_reader_inputs``: also return the reader inputs, before LayerNorm, one tensor
           per reader group in reader order, laid out ``[readers, batch, pos, d]``: per layer the
           q, k and v of all heads (``3 * n_heads`` readers) and, with MLPs, the MLP (1 reader);
@@ -362,6 +364,9 @@ class PatchableTransformer(HookedRootModule):
                     sources.append(mlp_out[None])
             resid = block.hook_resid_post(resid)
         # ---- logits: one reader
+        if not return_logits:  # only the sources were wanted: skip the unembedding
+            sources = torch.cat(sources).permute(1, 2, 0, 3) if sources is not None else None
+            return RunOutput(logits=None, sources=sources, reader_inputs=readers)
         x = read(resid, graph.n_readers - 1, 1)[0]
         logits = _affine(self._norm(self.ln_final, x), self.unembed.W_U, self.unembed.b_U)
         return RunOutput(
@@ -449,7 +454,7 @@ class PatchableTransformer(HookedRootModule):
         tokens = self._check_tokens(tokens)
         step = batch_size or max(1, len(tokens))
         parts = [
-            self.run(tokens[i : i + step], return_sources=True).sources
+            self.run(tokens[i : i + step], return_sources=True, return_logits=False).sources
             for i in range(0, len(tokens), step)
         ]
         return torch.cat(parts)
