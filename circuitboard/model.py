@@ -464,17 +464,19 @@ class PatchableTransformer(HookedRootModule):
 
         ``diff`` is ``[batch, pos, n_sources, d]`` (for EAP, ablated minus clean) and
         ``reader_grads`` the gradients with respect to ``run(..., return_reader_inputs=True)``'s
-        reader inputs (``[readers, batch, pos, d]`` each). One einsum per reader group.
+        reader inputs (``[readers, batch, pos, d]`` each). The differences are laid out
+        source-major once, so each reader group is one matmul over its prefix of sources (no
+        copy of the differences per group). If ``diff`` is already stored source-major (a
+        permuted view), the layout costs nothing.
         """
         graph = self.graph
+        flat = diff.permute(2, 0, 1, 3).reshape(graph.n_sources, -1)
         dense = diff.new_zeros(graph.n_sources, graph.n_readers)
         col = 0
         for grad in reader_grads:
             width = grad.shape[0]
             n_src = graph._reader_n_sources[col]
-            dense[:n_src, col : col + width] = torch.einsum(
-                "bpsd,rbpd->sr", diff[:, :, :n_src], grad
-            )
+            dense[:n_src, col : col + width] = flat[:n_src] @ grad.reshape(width, -1).T
             col += width
         return graph.from_dense(dense)
 
