@@ -1,8 +1,9 @@
-"""Circuits -> faithfulness points -> a Pareto curve with uncertainty.
+"""Circuits -> faithfulness points -> the at-most-budget curve, with uncertainty.
 
 ``evaluate`` scores circuits on a task's test split under one ablation. Many circuits are scored
 in one batched pass with per-example masks (the batch is tiled once per circuit), chunked to a
-memory budget. Each circuit is scored after pruning, at the size it realises.
+memory budget. Each circuit is scored after pruning, at the size it realises; the curve, its areas
+and every other verdict follow the rules of ``circuitboard.scoring``, which this module only feeds.
 """
 
 from __future__ import annotations
@@ -12,26 +13,19 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from circuitboard import metrics
+from circuitboard import metrics, scoring
 from circuitboard.ablation import check_ablation, for_batch
 from circuitboard.graph import Circuit
-
-# MIB's edge budgets, as fractions of the edge count.
-BUDGETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-
-
-def budget_sizes(n_edges: int, budgets=BUDGETS) -> list[int]:
-    """Edge counts for each budget (at least one edge each)."""
-    return [max(1, round(b * n_edges)) for b in budgets]
 
 
 @dataclass
 class CurvePoint:
-    """One circuit's scores. ``n_edges`` is its size after pruning."""
+    """One returned circuit's scores. ``n_edges`` is its size after pruning; ``budget`` the edge
+    budget it was returned for (None if it came without one)."""
 
     n_edges: int
     fraction: float
-    budget: float | None
+    budget: int | None
     faithfulness: float
     ci_low: float
     ci_high: float
@@ -40,11 +34,19 @@ class CurvePoint:
     metric: float
     kl: float | None
     top1: float | None
-    n_requested: int | None = None
+    fits: bool | None = None
 
 
 @dataclass
 class Evaluation:
+    """The scores of a set of circuits: one point per circuit, and the at-most-budget curve.
+
+    ``curve`` has one entry per budget of ``budgets`` (``scoring.BudgetPoint``); ``areas`` holds
+    CPR and CMD of that curve on the log axis and MIB's linear values (``scoring.areas``).
+    ``per_example`` is the data ranks are computed from (``scoring.PerExample``); it is kept out
+    of ``to_dict`` and stored packed by the leaderboard.
+    """
+
     task: str
     ablation: str
     split: str
@@ -54,16 +56,18 @@ class Evaluation:
     full_metric: float
     empty_metric: float
     higher_is_better: bool
+    budgets: list[int] = field(default_factory=list)
     points: list[CurvePoint] = field(default_factory=list)
+    curve: list[dict] = field(default_factory=list)
     areas: dict = field(default_factory=dict)
+    digest: str = ""
     seconds: float = 0.0
+    per_example: scoring.PerExample | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
-
-    def faithfulness_at(self, n_edges: int) -> float:
-        point = min(self.points, key=lambda p: abs(p.n_edges - n_edges))
-        return point.faithfulness
+        out = asdict(self)
+        out.pop("per_example")
+        return out
 
 
 def _per_example(model, task, circuits, batch, ablated, max_batch: int):
@@ -113,27 +117,72 @@ def _tile(batch, k: int):
     )
 
 
+def budgets_of(circuits: list[Circuit], budgets=None) -> tuple[list[int], list[int | None]]:
+    """The budget grid of an evaluation and, per budget, the circuit returned for it.
+
+    ``budgets`` (one per circuit) or each circuit's ``info["budget"]`` (else ``"requested"``)
+    says what the circuit was returned for. Circuits without one are candidates at every budget
+    they fit but are nobody's own circuit; the grid then also holds their sizes.
+    """
+    if budgets is not None and len(budgets) != len(circuits):
+        raise ValueError(f"{len(budgets)} budgets for {len(circuits)} circuits: give one each")
+    own: dict[int, int] = {}
+    extra: set[int] = set()
+    for i, c in enumerate(circuits):
+        b = budgets[i] if budgets is not None else c.info.get("budget", c.info.get("requested"))
+        if b is None:
+            extra.add(c.size)
+            continue
+        if isinstance(b, bool) or not isinstance(b, int | float) or int(b) != b:
+            raise ValueError(f"circuit {i}: its budget must be an edge count, got {b!r}")
+        b = int(b)
+        if b in own:
+            raise ValueError(
+                f"circuits {own[b]} and {i} were both returned for a budget of {b} edges; a "
+                f"method returns one circuit per budget"
+            )
+        own[b] = i
+    grid = sorted(set(own) | extra)
+    return grid, [own.get(b) for b in grid]
+
+
 def evaluate(
     model,
     task,
     circuits: list[Circuit],
     ablation: str = "counterfactual",
     *,
+    budgets: list[int] | None = None,
     split: str = "test",
     seed: int = 0,
     n_boot: int = 1000,
     max_batch: int = 1024,
 ) -> Evaluation:
-    """Score ``circuits`` (each after pruning) on ``task``'s ``split`` under ``ablation``."""
+    """Score ``circuits`` (each after pruning) on ``task``'s ``split`` under ``ablation``.
+
+    ``budgets`` gives the edge budget each circuit was returned for (default: the circuits'
+    ``info["budget"]`` or ``info["requested"]``, which every built-in method sets). A circuit
+    larger than its budget is scored as a point but never credited on the curve (see
+    ``circuitboard.scoring``). A task whose full model and empty circuit score the same raises
+    ``scoring.DegenerateTask``.
+    """
     check_ablation(ablation)
     start = time.perf_counter()
     graph = model.graph
-    for c in circuits:
+    for i, c in enumerate(circuits):
+        if not isinstance(c, Circuit):
+            raise TypeError(f"circuit {i} is a {type(c).__name__}, not a Circuit")
         if c.graph != graph:
-            raise ValueError("every circuit must belong to the model's graph")
+            raise ValueError(
+                f"circuit {i} belongs to another graph ({c.graph.describe()}) than the model "
+                f"({graph.describe()})"
+            )
+    grid, own = budgets_of(circuits, budgets)
     pruned = [c.pruned() for c in circuits]
     everything = [Circuit.empty(graph)] + pruned
     batches = getattr(task, split)
+    if not batches:
+        raise ValueError(f"task {task.name!r} has no {split!r} split to evaluate on")
     reference = [b.clean for b in task.train]
     per_metric, per_kl, per_top, full = [], [], [], []
     for i, batch in enumerate(batches):
@@ -146,24 +195,27 @@ def evaluate(
     m = torch.cat(per_metric, dim=1).double().cpu()  # [1 + circuits, examples]
     full_m = torch.cat(full).double().cpu()
     empty_m = m[0]
+    scoring.check_not_degenerate(full_m, empty_m, f"task {task.name!r} under {ablation} ablation")
     kl = torch.cat(per_kl, dim=1) if per_kl[0] is not None else None
     top = torch.cat(per_top, dim=1) if per_top[0] is not None else None
 
     denominator = full_m - empty_m
     usable = denominator.abs() > 1e-9 * max(float(denominator.abs().max()), 1e-30)
+    sizes = [c.n_kept for c in pruned]
+    own_budget = {i: b for b, i in zip(grid, own) if i is not None}
     points = []
     for j, circuit in enumerate(pruned, start=1):
         est, low, high = metrics.bootstrap_faithfulness(
             m[j], empty_m, full_m, n_boot=n_boot, seed=seed
         )
         per_ex = metrics.faithfulness(m[j], empty_m, full_m)[usable]
-        original = circuits[j - 1]
+        budget = own_budget.get(j - 1)
         points.append(
             CurvePoint(
                 n_edges=circuit.n_kept,
                 fraction=circuit.n_kept / graph.n_edges,
-                budget=original.info.get("budget"),
-                n_requested=original.info.get("n_requested"),
+                budget=budget,
+                fits=None if budget is None else circuit.n_kept <= budget,
                 faithfulness=est,
                 ci_low=low,
                 ci_high=high,
@@ -174,6 +226,10 @@ def evaluate(
                 top1=None if top is None else float(top[j].mean()),
             )
         )
+    digest = scoring.examples_digest(batches)
+    data = None
+    if grid:
+        data = scoring.PerExample(m[1:], empty_m, full_m, sizes, grid, own, graph.n_edges, digest)
     result = Evaluation(
         task=task.name,
         ablation=ablation,
@@ -184,19 +240,13 @@ def evaluate(
         full_metric=float(full_m.mean()),
         empty_metric=float(empty_m.mean()),
         higher_is_better=task.higher_is_better,
+        budgets=grid,
         points=points,
+        digest=digest,
+        per_example=data,
     )
-    if points:
-        result.areas = curve_areas(points)
+    if data is not None:
+        result.curve = [p.to_dict() for p in scoring.curve(data)]
+        result.areas = scoring.areas(data).to_dict()
     result.seconds = time.perf_counter() - start
     return result
-
-
-def curve_areas(points: list[CurvePoint]) -> dict:
-    """CPR and CMD on our log axis, and MIB's linear-axis values over nominal budgets."""
-    fractions = [p.fraction for p in points]
-    values = [p.faithfulness for p in points]
-    out = {"log": metrics.area_scores(fractions, values, log=True)}
-    nominal = [p.budget if p.budget is not None else p.fraction for p in points]
-    out["linear_mib"] = metrics.area_scores(nominal, values, log=False)
-    return out

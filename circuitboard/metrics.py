@@ -6,7 +6,6 @@ chooses where it is read: ``"last"`` or ``"after_bos"`` (every position but the 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -142,45 +141,9 @@ def bootstrap_faithfulness(
     return estimate, float(low), float(high)
 
 
-# ------------------------------------------------------------------------------ area scores
-
-LOG_AXIS = (1e-3, 1.0)
-
-
-def _trapezoid(x: list[float], y: list[float]) -> float:
+def trapezoid(x: list[float], y: list[float]) -> float:
+    """The trapezoid rule through the points ``(x[i], y[i])`` in the order given."""
     return sum((x[i + 1] - x[i]) * (y[i + 1] + y[i]) / 2 for i in range(len(x) - 1))
-
-
-def _curve(fractions, values, log: bool) -> tuple[list[float], list[float]]:
-    lo, hi = LOG_AXIS
-    points = sorted(zip((min(max(f, lo), hi) for f in fractions), values))
-    if not points:
-        raise ValueError("an area score needs at least one point")
-    x = [p[0] for p in points]
-    y = [p[1] for p in points]
-    # Extend flat to the ends of the axis, so every method is integrated over the same range.
-    if x[0] > lo:
-        x, y = [lo] + x, [y[0]] + y
-    if x[-1] < hi:
-        x, y = x + [hi], y + [y[-1]]
-    if log:
-        x = [math.log10(v) for v in x]
-    return x, y
-
-
-def area_scores(fractions, faithfulness_values, *, log: bool = True) -> dict[str, float]:
-    """CPR (area under f) and CMD (area under |1 - f|) over edge fractions in [0.1%, 100%].
-
-    With ``log=True`` (our default) the axis is log10 of the edge fraction and the area is
-    divided by the axis length, so both scores lie in [0, 1] for f in [0, 1]. With ``log=False``
-    this is MIB's linear-axis trapezoid over the fractions, not normalised (MIB's own numbers).
-    Points outside the range are clamped to its ends; the curve is extended flat to both ends.
-    """
-    x, y = _curve(fractions, faithfulness_values, log)
-    width = (x[-1] - x[0]) if log else 1.0
-    cpr = _trapezoid(x, y) / width
-    cmd = _trapezoid(x, [abs(1 - v) for v in y]) / width
-    return {"cpr": cpr, "cmd": cmd}
 
 
 # -------------------------------------------------------------------- against ground truth
@@ -208,28 +171,7 @@ def roc_from_scores(scores: torch.Tensor, truth: torch.Tensor) -> tuple[list, li
     for b in boundaries:
         fpr.append(float(fp[b]) / n_neg)
         tpr.append(float(tp[b]) / n_pos)
-    return fpr, tpr, _trapezoid(fpr, tpr)
-
-
-def roc_from_circuits(circuits_keep: list[torch.Tensor], truth: torch.Tensor):
-    """ROC of a family of circuits (one point each) against ``truth``, closed at (0,0), (1,1)."""
-    truth = torch.as_tensor(truth).bool()
-    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("an ROC needs at least one true and one false edge")
-    points = {(0.0, 0.0), (1.0, 1.0)}
-    for keep in circuits_keep:
-        keep = torch.as_tensor(keep).bool()
-        points.add((int((keep & ~truth).sum()) / n_neg, int((keep & truth).sum()) / n_pos))
-    # The ROC of a family is the upper envelope of its points: a method may always fall back
-    # to one of its smaller circuits.
-    pts = sorted(points)
-    fpr, tpr, best = [], [], 0.0
-    for x, y in pts:
-        best = max(best, y)
-        fpr.append(x)
-        tpr.append(best)
-    return fpr, tpr, _trapezoid(fpr, tpr)
+    return fpr, tpr, trapezoid(fpr, tpr)
 
 
 def precision_recall_f1(keep: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:

@@ -6,13 +6,17 @@ the driver to write. Same cell, same record, except the fields ``store.VOLATILE_
 (timing, cost, machine).
 
 A cell:
-1. asks the method for one circuit per size: the MIB budgets (``evaluate.budget_sizes``), plus
-   the ground truth's size when the task has a ground truth;
-2. scores every circuit with ``circuitboard.evaluate.evaluate`` on the test split; the area
-   scores are recomputed over the MIB budget points only, so the extra ground-truth-size point
-   never changes CPR or CMD;
-3. scores the circuits against the ground truth (``scores.groundtruth_scores``);
+1. asks the method for one circuit per budget of ``scoring.budget_grid`` (nothing else: never
+   the ground truth's size);
+2. scores every circuit with ``circuitboard.evaluate.evaluate`` on the test split, which builds
+   the at-most-budget curve and its areas by the rules of ``circuitboard.scoring``, and stores
+   the per-example metrics that ranks are computed from;
+3. scores the circuits against the ground truth (``scoring.groundtruth_scores``);
 4. optionally computes the robustness report (``robustness.report``).
+
+A task that is degenerate under the cell's ablation (the full model and the empty circuit score
+the same, as Tracr's ``length`` does under resample) gets no curve: the record says so, and the
+ground-truth scores are still computed.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
-from circuitboard.evaluate import BUDGETS, budget_sizes, curve_areas, evaluate
+from circuitboard import scoring
+from circuitboard.evaluate import evaluate
 from circuitboard.graph import Circuit
 from circuitboard.leaderboard import robustness, scores
 from circuitboard.leaderboard.catalog import GROUNDTRUTH_FOR, MethodSpec, load_bundle
@@ -89,29 +94,39 @@ def _run_cell(cell: Cell, step: Callable[[str], None]) -> dict:
         truth = None if circuit is None else circuit.pruned().keep
     except (KeyError, ValueError, FileNotFoundError) as err:
         truth_problem = str(err)
-    sizes = budget_sizes(graph.n_edges)
-    budgets: list[float | None] = list(BUDGETS)
-    if truth is not None and int(truth.sum()) not in sizes:
-        sizes.append(int(truth.sum()))
-        budgets.append(None)
-
+    budgets = scoring.budget_grid(graph.n_edges)
     with _seeded(cell.seed), _Meter(model.device) as meter:
-        circuits = method.find_circuits(model, task, list(sizes), cell.ablation, cell.seed)
-    circuits = check_circuits(circuits, sizes, graph, cell.method.name)
-    for c, k, b in zip(circuits, sizes, budgets):
-        c.info = {**c.info, "budget": b, "n_requested": k}
+        circuits = method.find_circuits(model, task, list(budgets), cell.ablation, cell.seed)
+    circuits = check_circuits(circuits, budgets, graph, cell.method.name)
+    for c, b in zip(circuits, budgets):
+        c.info = {**c.info, "budget": b}
     step("method")
 
-    evaluation = evaluate(model, task, circuits, cell.ablation, seed=cell.seed, n_boot=cell.n_boot)
-    on_budget = [p for p, b in zip(evaluation.points, budgets) if b is not None]
-    evaluation.areas = curve_areas(on_budget)
+    try:
+        evaluation = evaluate(
+            model,
+            task,
+            circuits,
+            cell.ablation,
+            budgets=budgets,
+            seed=cell.seed,
+            n_boot=cell.n_boot,
+        )
+        evaluation_record = {
+            **evaluation.to_dict(),
+            "per_example": scores.pack_per_example(evaluation.per_example),
+        }
+    except scoring.DegenerateTask as err:
+        evaluation = None
+        evaluation_record = {"degenerate": str(err), "budgets": budgets, "points": []}
     step("evaluate")
 
     pruned = [c.pruned().keep for c in circuits]
     gt = None
     if truth is not None:
-        edge_scores = _edge_scores(method, circuits, model, task, cell)
-        gt = scores.groundtruth_scores(pruned, truth, sizes.index(int(truth.sum())), edge_scores)
+        ranking = _edge_scores(method, circuits, model, task, cell)
+        own = list(range(len(circuits)))
+        gt = scoring.groundtruth_scores(pruned, budgets, own, truth, ranking)
         gt["ablation"] = GROUNDTRUTH_FOR[cell.ablation]
     elif truth_problem:
         gt = {"problem": truth_problem}
@@ -135,7 +150,8 @@ def _run_cell(cell: Cell, step: Callable[[str], None]) -> dict:
             "n_nodes": graph.n_nodes,
             "graph": graph.cfg(),
         },
-        "evaluation": evaluation.to_dict(),
+        "budgets": budgets,
+        "evaluation": evaluation_record,
         "circuits": [_circuit_entry(c, keep, b) for c, keep, b in zip(circuits, pruned, budgets)],
         "groundtruth": gt,
         "cost": meter.cost(circuits),
@@ -143,16 +159,20 @@ def _run_cell(cell: Cell, step: Callable[[str], None]) -> dict:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if cell.robustness:
-        on_budget_circuits = [c for c, b in zip(circuits, budgets) if b is not None]
         with _seeded(cell.seed):
             record["robustness"] = robustness.report(
-                method, bundle, cell, on_budget_circuits, evaluation, step
+                method, bundle, cell, circuits, evaluation, step
             )
     return json_safe(record)
 
 
 def check_circuits(circuits, sizes: list[int], graph, name: str) -> list[Circuit]:
-    """One Circuit of the model's graph per requested size, or an error that says what is off."""
+    """One Circuit of the model's graph per requested size, or an error that says what is off.
+
+    A circuit over its budget is allowed here (it is scored as a point and never credited on
+    the curve); a circuit with edge scores that are not finite is refused, since NaN scores
+    would give a meaningless ranking.
+    """
     circuits = list(circuits)
     if len(circuits) != len(sizes):
         raise ValueError(
@@ -164,6 +184,11 @@ def check_circuits(circuits, sizes: list[int], graph, name: str) -> list[Circuit
             raise TypeError(f"method {name!r} returned a {type(c).__name__}, not a Circuit")
         if c.graph != graph:
             raise ValueError(f"method {name!r}: circuit {i} belongs to another graph")
+        if c.scores is not None and not bool(torch.isfinite(c.scores).all()):
+            raise ValueError(
+                f"method {name!r}: circuit {i} carries edge scores that are NaN or infinite; "
+                f"scores must be finite floats"
+            )
     return circuits
 
 
@@ -172,24 +197,32 @@ def _edge_scores(method, circuits, model, task, cell):
     if not callable(getattr(method, "score_edges", None)):
         return None
     for c in circuits:
-        if c.scores is not None and bool(torch.isfinite(c.scores).all()):
+        if c.scores is not None:
             return c.scores
     with _seeded(cell.seed):
-        return method.score_edges(model, task, cell.ablation, cell.seed).detach().cpu()
+        ranking = method.score_edges(model, task, cell.ablation, cell.seed)
+    ranking = torch.as_tensor(ranking).detach().to("cpu", torch.float64)
+    if ranking.shape != (model.graph.n_edges,) or not bool(torch.isfinite(ranking).all()):
+        raise ValueError(
+            f"method {cell.method.name!r}: score_edges must return {model.graph.n_edges} finite "
+            f"floats, got shape {tuple(ranking.shape)} with "
+            f"{int((~torch.isfinite(ranking)).sum()) if ranking.numel() else 0} non-finite"
+        )
+    return ranking
 
 
-def _circuit_entry(circuit: Circuit, pruned: torch.Tensor, budget) -> dict:
+def _circuit_entry(circuit: Circuit, pruned: torch.Tensor, budget: int) -> dict:
     info = {
         k: v
         for k, v in circuit.info.items()
         if k != "seconds" and (v is None or isinstance(v, bool | int | float | str))
     }
+    size = int(pruned.sum())
     return {
-        "role": "budget" if budget is not None else "groundtruth_size",
         "budget": budget,
-        "n_requested": circuit.info.get("n_requested"),
         "n_kept": circuit.n_kept,
-        "size": int(pruned.sum()),
+        "size": size,
+        "fits": size <= budget,
         "edges": scores.pack(pruned),
         "info": info,
     }

@@ -12,13 +12,30 @@ def add_results(parser) -> None:
     parser.add_argument(
         "--results",
         metavar="DIR",
-        help="results directory (default: $CIRCUITBOARD_RESULTS, else leaderboard/results)",
+        help="results directory (default: $CIRCUITBOARD_RESULTS, else ./circuitboard-results)",
     )
     parser.add_argument(
         "--out",
         metavar="DIR",
-        help="where LEADERBOARD.md, the CSVs and plots go (default: the results folder's parent)",
+        help="where LEADERBOARD.md, the CSVs and plots go (default: the results directory)",
     )
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="the reference board shipped in the package: results in leaderboard/results/, "
+        "tables in leaderboard/ (for maintainers regenerating it)",
+    )
+
+
+def results_and_out(args) -> tuple[str | None, str | None]:
+    """``(results dir, tables dir)`` from ``--results``, ``--out`` and ``--reference``."""
+    from circuitboard.leaderboard import store
+
+    if getattr(args, "reference", False):
+        if args.results:
+            raise ValueError("give --reference or --results, not both")
+        return store.REFERENCE_DIR, args.out or store.PACKAGE_DIR
+    return args.results, args.out
 
 
 def add_suite(parser, *, seeds_default: int) -> None:

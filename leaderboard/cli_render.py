@@ -9,7 +9,7 @@ import sys
 import warnings
 
 from circuitboard.leaderboard import rendering
-from circuitboard.leaderboard.cli_common import add_results
+from circuitboard.leaderboard.cli_common import add_results, results_and_out
 
 
 def add_arguments(parser) -> None:
@@ -19,7 +19,7 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        written = rendering.render(args.results, args.out)
+        written = rendering.render(*results_and_out(args))
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     for kind, path in written.items():

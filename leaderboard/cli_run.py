@@ -1,22 +1,24 @@
-"""``circuitboard run``: run methods on tasks, store one result per cell, render the tables.
+"""``circuitboard run``: compute the board, store one result per cell, render and summarise.
 
-Completed cells are skipped, so an interrupted run picks up where it stopped. The default set
-(``runner.DEFAULT_METHODS``) is the fast methods, random, EAP, EAP-IG and ACDC, on every Tracr
-program, one seed; ``--methods all`` runs every registered method, ``--tasks standard`` every
-standard task on the zoo models that do it.
+Results go to the user's results directory (``./circuitboard-results`` unless ``--results`` or
+``$CIRCUITBOARD_RESULTS`` says otherwise), with the tables rendered there too; completed cells
+are skipped, so an interrupted run picks up where it stopped. After the run the summary is printed
+and every cell is compared with the reference board the package ships
+(``leaderboard/results/``): the command says how many reproduced it and names those that did not.
 """
 
 from __future__ import annotations
 
 import sys
 
-from circuitboard.leaderboard import rendering, runner
+from circuitboard.leaderboard import reference, rendering, runner, store, tables
 from circuitboard.leaderboard.catalog import MethodSpec
 from circuitboard.leaderboard.cli_common import (
     add_executor,
     add_results,
     add_suite,
     parse_params,
+    results_and_out,
 )
 
 
@@ -42,6 +44,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
+    results, out = results_and_out(args)
     params = parse_params(args.param)
     methods = None
     if args.methods:
@@ -76,16 +79,22 @@ def main(args) -> int:
         print(f"circuitboard run: error: {err}", file=sys.stderr)
         return 2
     print(summary.describe())
+    results = store.results_dir(results)
     if not args.no_render:
-        written = rendering.render(args.results, args.out)
+        written = rendering.render(results, out)
         print(f"tables: {written['markdown']}")
+        print()
+        print(rendering.summary_text(tables.load_results(results)))
+        print()
+    stored = [c.key for c in cells if store.stored(c.key, results)]
+    print(reference.compare(stored, results).describe())
     return 0 if summary.ok else 1
 
 
 def _run(cells, args):
     return runner.run(
         cells,
-        args.results,
+        results_and_out(args)[0],
         force=args.force,
         executor=args.executor,
         workers=args.workers,

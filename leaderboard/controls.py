@@ -12,6 +12,13 @@ than:
 - its own circuits found on the task with shuffled labels (answers and distractors, or targets,
   permuted across the examples of each batch by a seeded derangement), which tests that it uses
   the labels.
+
+A control applies only where it can tell something (``applies``): a method that never reads the
+labels (ACDC or Edge Pruning fitting the full model's outputs) returns the same circuits with
+shuffled labels, so "failing" that control says nothing; likewise a random model for a method
+that never reads the model (the random baseline), and any rerun of submitted data. Methods say
+so through ``reads_labels`` and ``reads_model`` (both default True, the cautious reading) and
+``reruns`` (default True).
 """
 
 from __future__ import annotations
@@ -25,6 +32,22 @@ from circuitboard.graph import Circuit
 from circuitboard.model import PatchableTransformer
 
 INIT_STD = 0.02
+CONTROLS = ("random_circuits", "random_model", "shuffled_labels")
+
+
+def applies(method, control: str) -> tuple[bool, str]:
+    """``(whether control applies to method, why not)``."""
+    if control not in CONTROLS:
+        raise ValueError(f"unknown control {control!r}; controls: {', '.join(CONTROLS)}")
+    if control == "random_circuits":
+        return True, ""
+    if not getattr(method, "reruns", True):
+        return False, "not applicable: submitted data cannot be rerun on another model or task"
+    if control == "random_model" and not getattr(method, "reads_model", True):
+        return False, "not applicable: the method does not read the model's weights"
+    if control == "shuffled_labels" and not getattr(method, "reads_labels", True):
+        return False, "not applicable: the method does not read the task's labels"
+    return True, ""
 
 
 def random_circuits(graph, sizes: list[int], seed: int) -> list[Circuit]:

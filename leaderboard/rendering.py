@@ -1,52 +1,72 @@
 """Write LEADERBOARD.md, CSVs and Pareto plots from stored results only (no model is run).
 
-Outputs, under ``out`` (default: the folder holding the results folder, i.e. ``leaderboard/``):
+Outputs, under ``out`` (default: the results folder itself):
 
-- ``LEADERBOARD.md``: summary ranks, per-task tables with plots, ground truth, robustness;
+- ``LEADERBOARD.md``: the summary, ground truth per family, per-task tables with plots,
+  robustness, and the rules every number follows;
 - ``leaderboard.csv``: one row per result (the columns of ``load_results``);
-- ``pareto.csv``: every curve point of every result;
-- ``plots/pareto__TASK__MODEL__ABLATION.png``: faithfulness against edge fraction per method
-  (mean over seeds at each MIB budget, the band the mean bootstrap 95% interval; a star marks
-  the circuit requested at the ground truth's size, which is not a budget point).
+- ``pareto.csv``: every point of every at-most-budget curve;
+- ``plots/pareto__TASK__MODEL__ABLATION.png``: the at-most-budget step curve per method
+  (faithfulness against the edge budget, mean over seeds; the band is the credited circuit's
+  bootstrap 95% interval).
 
-Each file is written through a temporary file and a rename.
+Each file is written atomically (``circuitboard.atomic``) with the user's umask.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
 
 import pandas as pd
 from tabulate import tabulate
 
+from circuitboard import atomic
 from circuitboard.leaderboard import store, tables
-from circuitboard.metrics import LOG_AXIS
 
-RANKING_NOTE = (
-    "Ranking follows MIB: within each task, methods are ranked by **CPR** (area under the "
-    "signed faithfulness curve, higher is better) and separately by **CMD** (area under "
-    "|1 - faithfulness|, lower is better), each the mean over seeds; a method's summary rank is "
-    "its mean rank over the tasks it ran. Areas use a log axis over 0.1%..100% of the edges, "
-    "normalised to [0, 1]; MIB's linear-axis values are given as `cpr_linear` / `cmd_linear`."
-)
+RULES_NOTE = """\
+How to read these tables (the rules live in `circuitboard/scoring.py`):
+
+- **Budgets.** Every method is asked for one circuit per budget of one grid: MIB's ten edge
+  fractions on graphs of 1000 edges or more, otherwise distinct integer sizes (every size up to 40
+  edges; above, 1..10 and log-spaced sizes). No method is told the ground truth's size.
+- **At most the budget.** A point at budget B is the best returned circuit of at most B edges
+  after pruning; a circuit over its budget is never credited; if none fits, the empty circuit.
+- **Areas.** CPR (area under faithfulness) and CMD (area under |1 - faithfulness|) of that step
+  curve on a log axis over [1 edge, all edges], normalised to [0, 1], the empty circuit's value
+  below the smallest budget; no extrapolation. `cpr_mib` / `cmd_mib` are MIB's linear-axis values,
+  computed as MIB's code does.
+- **Ranks.** A paired bootstrap over the test examples (1000 resamples, every method's curve
+  recomputed on each): a method ranks above another only if its area is higher in at least 95% of
+  resamples; otherwise they share the rank. `wins`: tasks where a method beats every other one.
+- **Ground truth.** AUC from the returned circuits (each a point), the same for every method;
+  `auc_ranking` is a scoring method's full ranking. F1 at the smallest budget at least the ground
+  truth's size; `exact`: a fitting returned circuit equals the ground truth. Programs whose ground
+  truth is empty are counted apart.
+- **Controls** are beaten only significantly (the same paired test); `n/a` where a control cannot
+  apply (shuffled labels for a method that never reads labels).
+"""
 
 
 def render(results=None, out: str | None = None) -> dict[str, str]:
     """Render everything; returns ``{kind: path}`` of what was written."""
     results = store.results_dir(results)
-    out = out or store.output_dir(results)
+    out = out or results
     df = tables.load_results(results)
     written = {}
     plots = _plots(df, os.path.join(out, "plots"))
-    written["markdown"] = _write_text(
+    written["markdown"] = atomic.write_text(
         os.path.join(out, "LEADERBOARD.md"), markdown(df, results, plots, out)
     )
     flat = df.drop(columns=["record"])
-    written["csv"] = _write_text(os.path.join(out, "leaderboard.csv"), flat.to_csv(index=False))
+    written["csv"] = atomic.write_text(
+        os.path.join(out, "leaderboard.csv"), flat.to_csv(index=False)
+    )
     points = tables.pareto_points(df) if not df.empty else pd.DataFrame()
-    written["pareto_csv"] = _write_text(os.path.join(out, "pareto.csv"), points.to_csv(index=False))
+    written["pareto_csv"] = atomic.write_text(
+        os.path.join(out, "pareto.csv"), points.to_csv(index=False)
+    )
     for key, path in plots.items():
         written[f"plot {key}"] = path
     return written
@@ -84,6 +104,40 @@ def _cell(value):
     return value
 
 
+SUMMARY_COLUMNS = [
+    "method",
+    "tasks",
+    "mean_cpr_rank",
+    "mean_cmd_rank",
+    "wins",
+    "cpr",
+    "cmd",
+    "seconds",
+]
+GT_SUMMARY_COLUMNS = [
+    "family",
+    "method",
+    "programs",
+    "gt_auc",
+    "gt_auc_ranking",
+    "gt_f1",
+    "exact",
+    "empty_gt_recovered",
+]
+
+
+def summary_text(df: pd.DataFrame) -> str:
+    """The summary and ground-truth tables, as ``circuitboard run`` prints them."""
+    if df.empty:
+        return "no results"
+    tasks = tables.per_task(df)
+    parts = [_fmt(tables.summary(df, tasks), SUMMARY_COLUMNS)]
+    gt = tables.groundtruth_summary(df)
+    if not gt.empty:
+        parts += ["", _fmt(gt, GT_SUMMARY_COLUMNS)]
+    return "\n".join(parts)
+
+
 def markdown(df: pd.DataFrame, results: str, plots: dict, out: str) -> str:
     skipped = df.attrs.get("skipped", [])
     lines = [
@@ -92,36 +146,33 @@ def markdown(df: pd.DataFrame, results: str, plots: dict, out: str) -> str:
         f"Rendered by `circuitboard leaderboard` from {len(df)} stored result file(s) in "
         f"`{os.path.relpath(results, out)}/`; nothing is recomputed.",
         "",
-        RANKING_NOTE,
-        "",
+        RULES_NOTE,
     ]
     if df.empty:
         lines += ["No results yet: run `circuitboard run`.", ""]
     else:
-        lines += [
-            "## Summary",
-            "",
-            _fmt(
-                tables.summary(df),
-                [
-                    "method",
-                    "tasks",
-                    "mean_cpr_rank",
-                    "mean_cmd_rank",
-                    "cpr",
-                    "cmd",
-                    "gt_auc",
-                    "gt_f1",
-                    "exact",
-                    "seconds",
-                ],
-            ),
-            "",
-        ]
-        per_task = tables.per_task(df)
+        ranks = tables.rankings(df)
+        per_task = tables.per_task(df, ranks)
+        lines += ["## Summary", "", _fmt(tables.summary(df, per_task), SUMMARY_COLUMNS), ""]
+        gt_summary = tables.groundtruth_summary(df)
+        if not gt_summary.empty:
+            lines += [
+                "## Ground truth",
+                "",
+                "Means over the programs of each family whose ground truth (for the run's "
+                "ablation; counterfactual runs are judged by the resample ground truth) is "
+                "not empty; programs with an empty ground truth are counted apart.",
+                "",
+                _fmt(gt_summary, GT_SUMMARY_COLUMNS),
+                "",
+            ]
+        degenerate = per_task[per_task["degenerate"].notna()]
         lines += ["## Tasks", ""]
         for (task, model, ablation), part in per_task.groupby(["task", "model", "ablation"]):
             lines += [f"### {task} (model {model}, {ablation} ablation)", ""]
+            if part["degenerate"].notna().all():
+                lines += [f"Not ranked: {part['degenerate'].iloc[0]}", ""]
+                continue
             plot = plots.get((task, model, ablation))
             if plot:
                 lines += [f"![Pareto curve of {task}]({os.path.relpath(plot, out)})", ""]
@@ -136,8 +187,9 @@ def markdown(df: pd.DataFrame, results: str, plots: dict, out: str) -> str:
                         "cpr",
                         "cpr_sd",
                         "cmd",
-                        "cpr_linear",
-                        "cmd_linear",
+                        "cpr_mib",
+                        "cmd_mib",
+                        "beats",
                         "seconds",
                         "forward",
                         "backward",
@@ -146,20 +198,21 @@ def markdown(df: pd.DataFrame, results: str, plots: dict, out: str) -> str:
                 ),
                 "",
             ]
+        if not degenerate.empty:
+            names = sorted({f"{r.task} ({r.ablation})" for r in degenerate.itertuples()})
+            lines += [
+                "Degenerate (full model = empty circuit), not ranked: " + ", ".join(names),
+                "",
+            ]
         gt = tables.groundtruth(df)
         if not gt.empty:
             lines += [
-                "## Ground truth (Tracr programs)",
-                "",
-                "Against the ground truth of the run's ablation (counterfactual runs are "
-                "judged against the resample ground truth). AUC: ROC over the method's "
-                "edge ranking (scoring methods) or over its circuits; precision, recall "
-                "and F1 of the circuit requested at the ground truth's size; exact: seeds "
-                "in which some returned circuit equals the ground truth after pruning.",
+                "## Ground truth per program",
                 "",
                 _fmt(
                     gt,
                     [
+                        "family",
                         "task",
                         "method",
                         "ablation",
@@ -167,10 +220,13 @@ def markdown(df: pd.DataFrame, results: str, plots: dict, out: str) -> str:
                         "gt_size",
                         "seeds",
                         "auc",
+                        "auc_ranking",
                         "precision",
                         "recall",
                         "f1",
+                        "f1_budget",
                         "exact",
+                        "empty_recovered",
                     ],
                 ),
                 "",
@@ -180,12 +236,13 @@ def markdown(df: pd.DataFrame, results: str, plots: dict, out: str) -> str:
             lines += [
                 "## Robustness",
                 "",
-                "`seed_jaccard`: mean edge Jaccard between seeds at equal budget (below "
-                "100%). `cpr_<ablation>`: the same circuits scored under each ablation. "
+                "`seed_jaccard`: mean edge Jaccard between seeds at equal budget. "
+                "`cpr_<ablation>`: the same circuits scored under each ablation. "
                 "`cpr_off_distribution`: on the task's off-distribution split. Controls "
-                "(scored on the real model and task): random circuits at the same "
-                "budgets, the method run on a randomly initialised model, the method run "
-                "with shuffled labels; `beats_*` is yes when the method's CPR is higher.",
+                "(scored on the real model and task): random circuits at the same budgets, "
+                "the method run on a randomly initialised model, the method run with shuffled "
+                "labels; `beats_*` is yes only when the method's CPR is higher in at least 95% "
+                "of paired bootstrap resamples, n/a where the control cannot apply.",
                 "",
                 _fmt(
                     rob,
@@ -219,7 +276,7 @@ def markdown(df: pd.DataFrame, results: str, plots: dict, out: str) -> str:
 
 # ---------------------------------------------------------------------------------- plots
 def _plots(df: pd.DataFrame, directory: str) -> dict:
-    """One Pareto plot per (task, model, ablation): mean faithfulness over seeds per budget."""
+    """One plot per (task, model, ablation): each method's at-most-budget step curve."""
     if df.empty:
         return {}
     import matplotlib
@@ -227,80 +284,36 @@ def _plots(df: pd.DataFrame, directory: str) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    all_points = tables.pareto_points(df)
-    if all_points.empty:
+    points = tables.pareto_points(df)
+    if points.empty:
         return {}
-    points = all_points[all_points["role"] == "budget"]
-    at_truth = all_points[all_points["role"] == "groundtruth_size"]
     out = {}
     for (task, model, ablation), part in points.groupby(["task", "model", "ablation"]):
+        n_edges = int(round(part["budget"].max() / part["budget_fraction"].max()))
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-        drawn = 0
         for method, curve in part.groupby("method"):
             c = curve.groupby("budget").mean(numeric_only=True).sort_index()
-            c = c[c["faithfulness"].notna()]
-            if c.empty:  # faithfulness undefined: the full and empty circuits tie on the metric
-                continue
-            x = c["fraction"].clip(lower=LOG_AXIS[0])
-            line = ax.plot(x, c["faithfulness"], marker="o", ms=3, label=method)[0]
-            ax.fill_between(x, c["ci_low"], c["ci_high"], color=line.get_color(), alpha=0.15)
-            extra = at_truth[
-                (at_truth["task"] == task)
-                & (at_truth["model"] == model)
-                & (at_truth["ablation"] == ablation)
-                & (at_truth["method"] == method)
-            ]
-            if not extra.empty:  # the circuit requested at the ground truth's size
-                ax.plot(
-                    extra["fraction"].clip(lower=LOG_AXIS[0]).mean(),
-                    extra["faithfulness"].mean(),
-                    marker="*",
-                    ms=9,
-                    ls="none",
-                    color=line.get_color(),
-                )
-            drawn += 1
+            # The step function of the rules: the empty circuit (0) below the smallest budget,
+            # each budget's value up to the next, the last one to all edges.
+            x = [1 / n_edges] + list(c["budget_fraction"]) + [1.0]
+            y = [0.0] + list(c["faithfulness"]) + [c["faithfulness"].iloc[-1]]
+            line = ax.step(x, y, where="post", label=method, lw=1.2)[0]
+            lo = [0.0] + list(c["ci_low"]) + [c["ci_low"].iloc[-1]]
+            hi = [0.0] + list(c["ci_high"]) + [c["ci_high"].iloc[-1]]
+            ax.fill_between(x, lo, hi, step="post", color=line.get_color(), alpha=0.15)
         ax.set_xscale("log")
-        ax.set_xlim(*LOG_AXIS)
-        ax.set_xlabel("edges kept (fraction, after pruning)")
+        ax.set_xlim(1 / n_edges, 1.0)
+        ax.set_xlabel(f"edge budget (fraction of {n_edges} edges; circuits at most the budget)")
         ax.set_ylabel("faithfulness")
         ax.axhline(1.0, color="grey", lw=0.5, ls="--")
-        title = f"{task} ({ablation})"
-        if not drawn:
-            title += ": faithfulness undefined (full = empty metric)"
-        ax.set_title(title, fontsize=10)
-        if drawn:
-            ax.legend(fontsize=7)
+        ax.set_title(f"{task} ({ablation})", fontsize=10)
+        ax.legend(fontsize=7)
         fig.tight_layout()
         name = "__".join(store._slug(v) for v in ("pareto", task, model, ablation)) + ".png"
         path = os.path.join(directory, name)
-        _save_figure(fig, path)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", metadata={"Software": None})
+        atomic.write_bytes(path, buffer.getvalue())
         plt.close(fig)
         out[(task, model, ablation)] = path
     return out
-
-
-def _save_figure(fig, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _write_text(path: str, text: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path

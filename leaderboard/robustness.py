@@ -1,13 +1,16 @@
 """The robustness part of a result: does a method's answer survive a change of conditions?
 
-Computed per cell, from the cell's own circuits at the MIB budgets:
+Computed per cell, from the cell's own circuits at the budget grid:
 
 - ``ablations``: the same circuits scored under every ablation (a circuit found under one ablation
   is often unfaithful under another; Miller et al. 2024);
 - ``off_distribution``: faithfulness on the task's off-distribution split, where it has one;
 - ``controls``: random circuits, a random model, shuffled labels (see ``controls``); each one's
-  circuits are scored on the real model and task, and ``beats`` says whether the method's CPR
-  (log axis) is higher than the control's.
+  circuits are scored on the real model and task, and ``beats`` says whether the method's CPR is
+  higher than the control's by the paired bootstrap of ``circuitboard.scoring.compare``. A
+  control that cannot apply to a method (shuffled labels for a method that never reads labels,
+  a random model for one that never reads the model, any rerun of submitted data) is recorded
+  as not applicable, never as a loss.
 
 Edge Jaccard between seeds needs several cells and is computed by the tables from the stored
 circuits.
@@ -15,6 +18,7 @@ circuits.
 
 from __future__ import annotations
 
+from circuitboard import scoring
 from circuitboard.evaluate import Evaluation, evaluate
 from circuitboard.graph import Circuit
 from circuitboard.leaderboard import controls
@@ -30,77 +34,100 @@ STAGES = (
 
 
 def summary(evaluation: Evaluation) -> dict:
-    """Area scores and the faithfulness curve of an evaluation."""
-    areas = evaluation.areas
+    """Area scores and the at-most-budget curve of an evaluation."""
     return {
-        "cpr": areas["log"]["cpr"],
-        "cmd": areas["log"]["cmd"],
-        "cpr_linear": areas["linear_mib"]["cpr"],
-        "cmd_linear": areas["linear_mib"]["cmd"],
-        "n_edges": [p.n_edges for p in evaluation.points],
-        "faithfulness": [p.faithfulness for p in evaluation.points],
+        **evaluation.areas,
+        "budgets": [p["budget"] for p in evaluation.curve],
+        "faithfulness": [p["faithfulness"] for p in evaluation.curve],
     }
 
 
-def report(method, bundle, cell, circuits, evaluation: Evaluation, step) -> dict:
-    """The robustness section of one cell's result (``circuits``: those at the MIB budgets)."""
-    model, task = bundle.model, bundle.task
-    sizes = [c.info["n_requested"] for c in circuits]
-    budgets = [c.info["budget"] for c in circuits]
-    own = summary(evaluation)
-    own = {**own, "n_edges": own["n_edges"][: len(circuits)]}
-    own["faithfulness"] = own["faithfulness"][: len(circuits)]
+def report(method, bundle, cell, circuits, evaluation: Evaluation | None, step) -> dict:
+    """The robustness section of one cell's result (``circuits``: one per budget of the grid).
 
-    def score(found, **kwargs) -> dict:
-        for c, k, b in zip(found, sizes, budgets):
-            c.info = {**c.info, "budget": b, "n_requested": k}
-        ev = evaluate(
-            model, task, found, cell.ablation, seed=cell.seed, n_boot=cell.n_boot, **kwargs
+    ``evaluation`` is the cell's own evaluation, or None where the task is degenerate under the
+    cell's ablation (the controls then have nothing to be compared with).
+    """
+    model, task = bundle.model, bundle.task
+    budgets = [c.info["budget"] for c in circuits]
+
+    def score(found, **kwargs) -> Evaluation:
+        return evaluate(
+            model,
+            task,
+            found,
+            cell.ablation,
+            budgets=budgets,
+            seed=cell.seed,
+            n_boot=cell.n_boot,
+            **kwargs,
         )
-        return summary(ev)
 
     out: dict = {"ablations": {}, "off_distribution": None, "controls": {}}
     for ablation in ABLATIONS:
         if ablation == cell.ablation:
-            out["ablations"][ablation] = own
+            out["ablations"][ablation] = (
+                summary(evaluation) if evaluation is not None else {"problem": "degenerate"}
+            )
             continue
         try:
-            ev = evaluate(model, task, circuits, ablation, seed=cell.seed, n_boot=cell.n_boot)
+            ev = evaluate(
+                model, task, circuits, ablation, budgets=budgets, seed=cell.seed, n_boot=cell.n_boot
+            )
             out["ablations"][ablation] = summary(ev)
-        except ValueError as err:  # e.g. no counterfactual inputs, no mean reference
+        except ValueError as err:  # no counterfactual inputs, no mean reference, degenerate
             out["ablations"][ablation] = {"problem": str(err)}
     step("ablations")
 
     if task.off_distribution:
-        out["off_distribution"] = score(circuits, split="off_distribution")
+        try:
+            out["off_distribution"] = summary(score(circuits, split="off_distribution"))
+        except scoring.DegenerateTask as err:
+            out["off_distribution"] = {"problem": str(err)}
     step("off-distribution")
 
     graph = model.graph
-    out["controls"]["random_circuits"] = score(controls.random_circuits(graph, sizes, cell.seed))
-    step("control: random circuits")
-    reruns = getattr(method, "reruns", True)
-    if reruns:
-        fake = controls.random_model(model, cell.seed)
-        found = method.find_circuits(fake, task, list(sizes), cell.ablation, cell.seed)
-        out["controls"]["random_model"] = score(_same_graph(found, graph, len(sizes)))
-    else:
-        out["controls"]["random_model"] = {"problem": NO_RERUN}
-    step("control: random model")
-    if reruns:
-        shuffled = controls.shuffled_labels(task, cell.seed)
-        found = method.find_circuits(model, shuffled, list(sizes), cell.ablation, cell.seed)
-        out["controls"]["shuffled_labels"] = score(_same_graph(found, graph, len(sizes)))
-    else:
-        out["controls"]["shuffled_labels"] = {"problem": NO_RERUN}
-    step("control: shuffled labels")
-
-    for control in out["controls"].values():
-        if "cpr" in control:
-            control["beats"] = bool(own["cpr"] > control["cpr"])
+    runs = {
+        "random_circuits": lambda: controls.random_circuits(graph, budgets, cell.seed),
+        "random_model": lambda: _same_graph(
+            method.find_circuits(
+                controls.random_model(model, cell.seed),
+                task,
+                list(budgets),
+                cell.ablation,
+                cell.seed,
+            ),
+            graph,
+            len(budgets),
+        ),
+        "shuffled_labels": lambda: _same_graph(
+            method.find_circuits(
+                model,
+                controls.shuffled_labels(task, cell.seed),
+                list(budgets),
+                cell.ablation,
+                cell.seed,
+            ),
+            graph,
+            len(budgets),
+        ),
+    }
+    for name, found in runs.items():
+        applies, why = controls.applies(method, name)
+        if not applies:
+            out["controls"][name] = {"applicable": False, "problem": why}
+        elif evaluation is None:
+            out["controls"][name] = {"applicable": True, "problem": "degenerate task"}
+        else:
+            try:
+                control = score(found())
+            except scoring.DegenerateTask as err:
+                out["controls"][name] = {"applicable": True, "problem": str(err)}
+            else:
+                verdict = scoring.compare(evaluation.per_example, control.per_example)
+                out["controls"][name] = {"applicable": True, **summary(control), **verdict}
+        step(f"control: {name.replace('_', ' ')}")
     return out
-
-
-NO_RERUN = "not applicable: submitted data cannot be rerun on another model or task"
 
 
 def _same_graph(circuits, graph, n: int):

@@ -9,6 +9,8 @@ cell succeeded.
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -143,6 +145,57 @@ class RunSummary:
         return "\n".join(lines)
 
 
+class Progress:
+    """One bar over the cells, naming the cell and stage at hand.
+
+    On a terminal: a tqdm bar whose clock keeps ticking during long stages (refreshed every
+    second from a daemon thread). Without one (a log, CI): one plain line per finished cell, so
+    no escape codes end up in the log.
+    """
+
+    def __init__(self, total: int, done: int, enabled: bool) -> None:
+        self.enabled, self.total, self.count = enabled, total, done
+        self.tty = enabled and sys.stderr.isatty()
+        self.bar = None
+        self._stop = threading.Event()
+        if self.tty:
+            self.bar = tqdm(
+                total=total, initial=done, desc="cells", file=sys.stderr, dynamic_ncols=True
+            )
+            self._ticker = threading.Thread(target=self._tick, daemon=True)
+            self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            self.bar.refresh()
+
+    def stage(self, cell: Cell, name: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{cell.key} [{name}]", refresh=False)
+
+    def finished(self, cell: Cell, ok: bool, seconds: float) -> None:
+        self.count += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.enabled:
+            status = "done" if ok else "FAILED"
+            print(
+                f"[{self.count}/{self.total}] {cell.key}: {status} ({seconds:.1f} s)",
+                file=sys.stderr,
+            )
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            tqdm.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.bar is not None:
+            self.bar.close()
+
+
 def run(
     cells: Sequence[Cell],
     results: str | None = None,
@@ -161,49 +214,23 @@ def run(
     summary.skipped = len(cells) - len(todo)
     if not todo:
         return summary
-    disable = not progress
-    outer = tqdm(
-        total=len(cells),
-        initial=summary.skipped,
-        desc="cells",
-        disable=disable,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
-    inner = {}
-
-    def stage(cell: Cell, name: str) -> None:
-        bar = inner.get(cell.key)
-        if bar is None:
-            bar = inner[cell.key] = tqdm(
-                total=cell.n_stages,
-                desc=str(cell.key),
-                leave=False,
-                disable=disable,
-                file=sys.stderr,
-                dynamic_ncols=True,
-            )
-        bar.set_postfix_str(name)
-        bar.update(1)
-
+    bar = Progress(len(cells), summary.skipped, progress)
+    started = time.perf_counter()
     held = []
     try:
-        for outcome in execute(todo, executor, workers=workers, address=address, stage=stage):
-            bar = inner.pop(outcome.cell.key, None)
-            if bar is not None:
-                bar.close()
-            if outcome.record is None:
+        for outcome in execute(todo, executor, workers=workers, address=address, stage=bar.stage):
+            ok = outcome.record is not None
+            if not ok:
                 summary.failed.append((outcome.cell, outcome.error or "unknown error"))
-                tqdm.write(f"cell failed: {outcome.cell.key}\n{outcome.error}", file=sys.stderr)
+                bar.write(f"cell failed: {outcome.cell.key}\n{outcome.error}")
             elif atomic:
                 held.append(outcome.record)
             else:
                 summary.written.append(store.write_result(outcome.record, directory))
-            outer.update(1)
+            bar.finished(outcome.cell, ok, time.perf_counter() - started)
+            started = time.perf_counter()
     finally:
-        for bar in inner.values():
-            bar.close()
-        outer.close()
+        bar.close()
     if atomic and not summary.failed:
         for record in held:
             summary.written.append(store.write_result(record, directory))

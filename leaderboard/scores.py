@@ -1,19 +1,22 @@
-"""Scores a result needs beyond ``circuitboard.evaluate``: against ground truth, between seeds.
+"""How circuits and per-example metrics are stored in results, and seed-to-seed agreement.
 
-Circuits are stored in results as packed bit strings (one bit per edge, graph edge order), so a
-result for a 32k-edge model stays small and the robustness table can compare seeds without
-rerunning anything.
+Circuits are stored as packed bit strings (one bit per edge, graph edge order), so a result for
+a 32k-edge model stays small and the robustness table can compare seeds without rerunning
+anything. Per-example metrics (what ``circuitboard.scoring`` ranks from) are stored as
+zlib-compressed float64 arrays, so ranks computed from stored results equal those computed in
+memory bit for bit. Every verdict itself lives in ``circuitboard.scoring``.
 """
 
 from __future__ import annotations
 
 import base64
 import itertools
+import zlib
 
 import numpy as np
 import torch
 
-from circuitboard import metrics
+from circuitboard import scoring
 
 
 def pack(keep: torch.Tensor) -> str:
@@ -43,47 +46,57 @@ def mean_pairwise_jaccard(keeps: list[torch.Tensor]) -> float | None:
     return sum(jaccard(a, b) for a, b in pairs) / len(pairs)
 
 
-def groundtruth_scores(
-    pruned: list[torch.Tensor],
-    truth: torch.Tensor,
-    at_truth_size: int,
-    scores: torch.Tensor | None = None,
-) -> dict:
-    """ROC/AUC, precision/recall/F1 at the ground truth's size, and exact recovery.
+def pack_floats(values: torch.Tensor) -> dict:
+    """A float array as ``{"shape", "data"}``: base64 of zlib-compressed little-endian float64."""
+    array = np.ascontiguousarray(torch.as_tensor(values).double().cpu().numpy(), dtype="<f8")
+    data = base64.b64encode(zlib.compress(array.tobytes(), 6)).decode("ascii")
+    return {"shape": list(array.shape), "data": data}
 
-    An empty ground truth (no edge matters under the ablation, as for ``length`` under resample)
-    has no ROC and no precision or recall; only exact recovery (the empty circuit) is defined.
 
-    - ``pruned``: the method's circuits after pruning (boolean edge vectors);
-    - ``truth``: the ground truth after pruning;
-    - ``at_truth_size``: which circuit was requested at the ground truth's size;
-    - ``scores``: the method's edge scores, when it ranks edges. The ROC is then the ranking's
-      (``metrics.roc_from_scores``); otherwise it is the upper envelope of the circuits
-      (``metrics.roc_from_circuits``).
-    """
-    truth = torch.as_tensor(truth).bool()
-    out: dict = {"size": int(truth.sum())}
+MAX_PACKED_BYTES = 256 * 2**20  # a stored array may not inflate beyond this
+
+
+def unpack_floats(packed: dict) -> torch.Tensor:
+    """The inverse of ``pack_floats``; a malformed or oversized entry is a ``ValueError``."""
     try:
-        if bool(truth.all()) or not bool(truth.any()):
-            raise ValueError(
-                f"an ROC needs at least one true and one false edge; the ground truth has "
-                f"{int(truth.sum())} of {len(truth)} edges"
-            )
-        if scores is not None:
-            fpr, tpr, auc = metrics.roc_from_scores(scores, truth)
-            out["roc_from"] = "scores"
-        else:
-            fpr, tpr, auc = metrics.roc_from_circuits(pruned, truth)
-            out["roc_from"] = "circuits"
-        out.update(auc=auc, roc={"fpr": fpr, "tpr": tpr})
-    except ValueError as err:  # a ground truth with no true or no false edge has no ROC
-        out.update(auc=None, roc=None, roc_from=None, roc_problem=str(err))
-    if bool(truth.any()):
-        out.update(metrics.precision_recall_f1(pruned[at_truth_size], truth))
-    else:  # no edge matters under this ablation: precision and recall are 0/0
-        out.update(precision=None, recall=None, f1=None, empty_truth=True)
-    out["f1_circuit_size"] = int(pruned[at_truth_size].sum())
-    exact = [i for i, keep in enumerate(pruned) if torch.equal(keep, truth)]
-    out["exact_recovery"] = bool(exact)
-    out["exact_circuits"] = exact  # indices into the result's circuits
-    return out
+        shape = [int(n) for n in packed["shape"]]
+        raw = base64.b64decode(packed["data"].encode("ascii"), validate=True)
+        inflater = zlib.decompressobj()
+        data = inflater.decompress(raw, MAX_PACKED_BYTES + 1)
+    except (KeyError, TypeError, AttributeError, ValueError, zlib.error) as err:
+        raise ValueError(f"malformed packed array ({err})") from None
+    if len(data) > MAX_PACKED_BYTES or inflater.unconsumed_tail:
+        raise ValueError(f"packed array inflates beyond {MAX_PACKED_BYTES} bytes")
+    if any(n < 0 for n in shape) or int(np.prod(shape)) * 8 != len(data):
+        raise ValueError(f"packed array holds {len(data)} bytes, not the shape {shape}")
+    return torch.from_numpy(np.frombuffer(data, dtype="<f8").reshape(shape).copy())
+
+
+def pack_per_example(data: scoring.PerExample) -> dict:
+    return {
+        "circuit": pack_floats(data.circuit),
+        "empty": pack_floats(data.empty),
+        "full": pack_floats(data.full),
+        "sizes": list(data.sizes),
+        "budgets": list(data.budgets),
+        "own": list(data.own),
+        "n_edges": data.n_edges,
+        "digest": data.digest,
+    }
+
+
+def unpack_per_example(packed: dict) -> scoring.PerExample:
+    """A stored ``per_example`` section back as ``scoring.PerExample``; ValueError if malformed."""
+    try:
+        return scoring.PerExample(
+            circuit=unpack_floats(packed["circuit"]),
+            empty=unpack_floats(packed["empty"]),
+            full=unpack_floats(packed["full"]),
+            sizes=[int(v) for v in packed["sizes"]],
+            budgets=[int(v) for v in packed["budgets"]],
+            own=[None if v is None else int(v) for v in packed["own"]],
+            n_edges=int(packed["n_edges"]),
+            digest=str(packed.get("digest", "")),
+        )
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"malformed per-example section ({err!r})") from None

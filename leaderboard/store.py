@@ -21,25 +21,26 @@ from dataclasses import dataclass
 from circuitboard.graph import write_json_atomic
 
 SCHEMA = "circuitboard-result"
-SCHEMA_VERSION = 1
+# 2: at-most-budget curves on the budget grid of circuitboard.scoring, per-example metrics.
+SCHEMA_VERSION = 2
 ENV_VAR = "CIRCUITBOARD_RESULTS"
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_RESULTS_DIR = os.path.join(PACKAGE_DIR, "results")
+# The reference board shipped with the package; ``circuitboard run`` compares with it.
+REFERENCE_DIR = os.path.join(PACKAGE_DIR, "results")
+DEFAULT_RESULTS_DIR = "circuitboard-results"  # relative to where ``circuitboard run`` runs
+MAX_RESULT_BYTES = 64 * 2**20
 KEY_FIELDS = ("method", "task", "model", "ablation", "seed")
 # Fields that vary from run to run on the same inputs; everything else is fixed by the seed.
 VOLATILE_FIELDS = ("cost", "environment", "created")
 
 
 def results_dir(path: str | os.PathLike | None = None) -> str:
-    """The results directory: ``path``, else ``$CIRCUITBOARD_RESULTS``, else leaderboard/results."""
+    """The results directory: ``path``, else ``$CIRCUITBOARD_RESULTS``, else
+    ``./circuitboard-results`` (the user's own board; the shipped reference board is
+    ``REFERENCE_DIR`` and is written only when named)."""
     if path is not None:
         return os.fspath(path)
     return os.environ.get(ENV_VAR) or DEFAULT_RESULTS_DIR
-
-
-def output_dir(results: str | os.PathLike | None = None) -> str:
-    """Where tables and plots go by default: the folder that holds the results folder."""
-    return os.path.dirname(os.path.abspath(results_dir(results)))
 
 
 @dataclass(frozen=True)
@@ -131,13 +132,22 @@ def check_record(record) -> str | None:
 
 def read_result(path: str | os.PathLike) -> dict:
     """One result file; ``ValueError`` says why a file is unusable."""
+    if not os.path.isfile(path):
+        raise ValueError("not a regular file")
+    size = os.path.getsize(path)
+    if size > MAX_RESULT_BYTES:
+        raise ValueError(f"{size} bytes, more than a result may hold ({MAX_RESULT_BYTES})")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             record = json.load(f)
     except json.JSONDecodeError as err:
         raise ValueError(f"not valid JSON ({err})") from None
     except UnicodeDecodeError as err:
         raise ValueError(f"not text ({err})") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to be a result") from None
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        raise ValueError(f"not a usable JSON value ({err})") from None
     problem = check_record(record)
     if problem:
         raise ValueError(problem)

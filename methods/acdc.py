@@ -38,7 +38,9 @@ Two implementations make identical decisions:
   pass moves ``result`` across ``tau``; tests compare both on float64 models.
 
 ``find_circuits(sizes)`` runs a sweep over ``thresholds`` and, for each requested size, returns
-the circuit whose size after pruning is nearest to it (ties go to the smaller circuit).
+the largest circuit of the sweep whose size after pruning is at most that size (ties go to the
+larger threshold), or the empty circuit if none is that small: a circuit over its budget would
+never be credited (``circuitboard.scoring``).
 ``info`` records the threshold used, the whole sweep (threshold -> size) and the cost of the
 sweep, which is what producing the circuits cost.
 
@@ -95,6 +97,11 @@ class ACDC(MethodBase):
     fast: bool = True
     window: int = 32
 
+    @property
+    def reads_labels(self) -> bool:
+        """Only the task metric reads labels; KL and L2 compare with the full model's output."""
+        return self.divergence == "task"
+
     def __post_init__(self) -> None:
         check_choice("ACDC divergence", self.divergence, METRICS)
         self.thresholds = tuple(float(t) for t in self.thresholds)
@@ -139,7 +146,12 @@ class ACDC(MethodBase):
         table = [[c.info["tau"], s] for c, s in zip(swept, realised, strict=True)]
         out = []
         for k in sizes:
-            best = min(range(len(swept)), key=lambda i: (abs(realised[i] - k), realised[i]))
+            fitting = [i for i in range(len(swept)) if realised[i] <= k]
+            if not fitting:  # no threshold gives a circuit this small: the empty circuit
+                info = {**swept[0].info, "tau": None, "requested": k, "size": 0, "sweep": table}
+                out.append(Circuit(model.graph, torch.zeros_like(swept[0].keep), info=info))
+                continue
+            best = max(fitting, key=lambda i: (realised[i], -self.thresholds[i]))
             c = swept[best]
             info = {**c.info, "requested": k, "size": realised[best], "sweep": table}
             out.append(Circuit(model.graph, c.keep.clone(), info=info))

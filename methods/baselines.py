@@ -28,9 +28,11 @@ GROUNDTRUTH_ABLATION = {"counterfactual": "resample"}
 
 @dataclass
 class Random(ScoringMethod):
-    """Seeded uniform random scores (no model passes)."""
+    """Seeded uniform random scores (no model passes): it reads neither labels nor weights."""
 
     name: ClassVar[str] = "random"
+    reads_labels: ClassVar[bool] = False
+    reads_model: ClassVar[bool] = False
 
     def _score_edges(self, model, task, ablation, seed, cost):
         gen = torch.Generator().manual_seed(seed)

@@ -7,8 +7,14 @@
 - ``EdgeEffects``: a real (if brute-force) scoring method: the drop of the training metric when
   one edge alone is ablated, for every edge in one batched pass, plus seeded noise of 1e-6 so that
   seeds differ where effects tie.
-- ``Oracle`` / ``AntiOracle``: score the ground truth's edges 1 (or -1) and the rest 0.
+- ``Oracle`` / ``AntiOracle``: score the ground truth's edges 1 (or -1) and the rest 0;
+  ``OracleTwin`` is ``Oracle`` under another name, and ``Circuits`` returns the oracle's circuits
+  without ranking edges (no ``score_edges``).
+- ``OverBudget``: returns the full circuit whatever the budget.
+- ``LabelBlind``: ``EdgeEffects`` that declares it never reads labels.
+- ``Recorder``: returns empty circuits and records the sizes it was asked for.
 - ``Flaky``: ``EdgeEffects`` that raises inside the cell when a flag file names its seed.
+- ``empty_truth_bundle``: the tiny task with an empty ground truth.
 """
 
 from __future__ import annotations
@@ -132,6 +138,51 @@ class Oracle:
 class AntiOracle(Oracle):
     name = "anti-oracle"
     sign = -1.0
+
+
+class OracleTwin(Oracle):
+    name = "oracle-twin"
+
+
+class Circuits:
+    """The oracle's circuits, from a method that ranks nothing."""
+
+    name = "circuits"
+
+    def find_circuits(self, model, task, sizes, ablation, seed):
+        return Oracle().find_circuits(model, task, sizes, ablation, seed)
+
+
+class OverBudget:
+    name = "over-budget"
+
+    def find_circuits(self, model, task, sizes, ablation, seed):
+        return [Circuit.full(model.graph) for _ in sizes]
+
+
+class LabelBlind(EdgeEffects):
+    name = "label-blind"
+    reads_labels = False
+
+
+ASKED: list = []
+
+
+class Recorder:
+    name = "recorder"
+
+    def find_circuits(self, model, task, sizes, ablation, seed):
+        ASKED.append(list(sizes))
+        return [Circuit.empty(model.graph) for _ in sizes]
+
+
+class EmptyTruth(TinyGroundTruth):
+    def circuit(self, ablation: str) -> Circuit:
+        return Circuit.empty(self.model.graph)
+
+
+def empty_truth_bundle():
+    return EmptyTruth()
 
 
 FLAG_ENV = "CIRCUITBOARD_TEST_FLAKY"

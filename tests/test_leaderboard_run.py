@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import pytest
 import torch
 from test_leaderboard_helpers import FLAG_ENV, GT_EDGES, tiny_bundle
 
-from circuitboard import cli, metrics
-from circuitboard.evaluate import budget_sizes, evaluate
+from circuitboard import cli, scoring
+from circuitboard.evaluate import evaluate
 from circuitboard.graph import Circuit
-from circuitboard.leaderboard import controls, rendering, runner, store, tables
+from circuitboard.leaderboard import controls, rendering, runner, scores, store, tables
 from circuitboard.leaderboard.catalog import MethodSpec
 from circuitboard.leaderboard.cell import Cell, run_cell
 
@@ -45,31 +46,52 @@ def test_ground_truth_scores_of_oracles_and_the_stored_evaluation():
     gt = record["groundtruth"]
     assert gt["ablation"] == "resample" and gt["size"] == len(GT_EDGES)
     assert (gt["auc"], gt["precision"], gt["recall"], gt["f1"]) == (1.0, 1.0, 1.0, 1.0)
-    assert gt["exact_recovery"] is True and gt["roc_from"] == "scores"
+    assert gt["exact_recovery"] is True and gt["auc_ranking"] == 1.0
     anti = run_cell(cell("AntiOracle"))["groundtruth"]
-    assert anti["auc"] == 0.0 and anti["exact_recovery"] is False and anti["f1"] == 0.0
+    assert anti["exact_recovery"] is False and anti["f1"] == 0.0 and anti["auc_ranking"] == 0.0
 
     bundle = tiny_bundle()
     n_edges = bundle.model.graph.n_edges
-    sizes = budget_sizes(n_edges) + [len(GT_EDGES)]  # 4 is no budget size of 46 edges
-    assert len(GT_EDGES) not in budget_sizes(n_edges)
-    assert [c["n_requested"] for c in record["circuits"]] == sizes
-    assert [c["role"] for c in record["circuits"]][-1] == "groundtruth_size"
+    grid = scoring.budget_grid(n_edges)
+    assert record["budgets"] == grid == [c["budget"] for c in record["circuits"]]
     # The stored curve is evaluate()'s on the same circuits (reference: a direct call).
     truth = Circuit.from_edges(bundle.model.graph, GT_EDGES).keep.double()
-    circuits = [Circuit.top_k(bundle.model.graph, truth, k, absolute=False) for k in sizes]
-    direct = evaluate(bundle.model, bundle.task, circuits, "resample", n_boot=50)
-    stored = record["evaluation"]["points"]
-    assert [p["faithfulness"] for p in stored] == [p.faithfulness for p in direct.points]
-    assert [p["n_edges"] for p in stored] == [p.n_edges for p in direct.points]
-    # Areas come from the MIB budget points only, not the extra ground-truth-size point.
-    budget = stored[:-1]
-    expected = metrics.area_scores(
-        [p["fraction"] for p in budget], [p["faithfulness"] for p in budget]
-    )
-    assert record["evaluation"]["areas"]["log"] == pytest.approx(expected, abs=0)
+    circuits = [Circuit.top_k(bundle.model.graph, truth, k, absolute=False) for k in grid]
+    direct = evaluate(bundle.model, bundle.task, circuits, "resample", budgets=grid, n_boot=50)
+    stored = record["evaluation"]
+    assert [p["faithfulness"] for p in stored["points"]] == [p.faithfulness for p in direct.points]
+    assert stored["curve"] == direct.curve and stored["areas"] == direct.areas
+    # The stored per-example data gives back the same areas.
+    data = scores.unpack_per_example(stored["per_example"])
+    assert scoring.areas(data).to_dict() == stored["areas"]
     # Same cell, same record, apart from timing and machine.
     assert store.comparable(run_cell(cell("Oracle"))) == store.comparable(record)
+
+
+def test_a_method_is_asked_for_the_grid_and_never_for_the_truths_size():
+    helpers = importlib.import_module(HELPERS)
+    helpers.ASKED.clear()
+    run_cell(cell("Recorder"))
+    grid = scoring.budget_grid(tiny_bundle().model.graph.n_edges)
+    assert helpers.ASKED == [grid]  # one call, the grid itself: nothing added for the truth
+
+
+def test_over_budget_circuits_are_never_credited():
+    record = run_cell(cell("OverBudget"))
+    n_edges = record["model"]["n_edges"]
+    curve = record["evaluation"]["curve"]
+    assert all(p["credited"] is None for p in curve if p["budget"] < n_edges)
+    assert [p["own_fits"] for p in curve] == [p["budget"] == n_edges for p in curve]
+    assert record["evaluation"]["areas"]["cpr"] == 0.0  # the full point has no width
+    assert [c["fits"] for c in record["circuits"]] == [p["own_fits"] for p in curve]
+    gt = record["groundtruth"]
+    assert gt["n_fitting_circuits"] == 1 and gt["f1"] == 0.0  # F1 read from the empty circuit
+
+
+def test_the_same_circuits_get_the_same_auc_with_or_without_a_ranking():
+    ranked = run_cell(cell("Oracle"))["groundtruth"]
+    unranked = run_cell(cell("Circuits"))["groundtruth"]
+    assert ranked["auc"] == unranked["auc"] and unranked["auc_ranking"] is None
 
 
 def test_robustness_report_and_controls():
@@ -79,22 +101,77 @@ def test_robustness_report_and_controls():
     rob = record["robustness"]
     assert set(rob["ablations"]) == {"zero", "mean", "resample", "counterfactual"}
     own = rob["ablations"]["resample"]
-    assert own["cpr"] == record["evaluation"]["areas"]["log"]["cpr"]
+    assert own["cpr"] == record["evaluation"]["areas"]["cpr"]
     assert rob["off_distribution"] is not None
     # The random-circuit control is exactly evaluate() of controls.random_circuits.
     bundle = tiny_bundle()
-    sizes = budget_sizes(bundle.model.graph.n_edges)
-    rand = controls.random_circuits(bundle.model.graph, sizes, 0)
-    direct = evaluate(bundle.model, bundle.task, rand, "resample", n_boot=50)
+    grid = scoring.budget_grid(bundle.model.graph.n_edges)
+    rand = controls.random_circuits(bundle.model.graph, grid, 0)
+    direct = evaluate(bundle.model, bundle.task, rand, "resample", budgets=grid, n_boot=50)
     control = rob["controls"]["random_circuits"]
-    assert control["faithfulness"] == [p.faithfulness for p in direct.points]
+    assert control["faithfulness"] == [p["faithfulness"] for p in direct.curve]
+    # "beats" is the paired test of scoring.compare, not a comparison of two numbers.
+    own_data = scores.unpack_per_example(record["evaluation"]["per_example"])
+    assert control["beats"] == scoring.compare(own_data, direct.per_example)["beats"]
     for name in ("random_circuits", "random_model", "shuffled_labels"):
         c = rob["controls"][name]
-        assert c["beats"] is (own["cpr"] > c["cpr"])
+        assert c["applicable"] is True
+        assert c["beats"] is (c["share_better"] >= scoring.SIGNIFICANCE)
     # Off-distribution: the same circuits on the off-distribution split.
     keep = [Circuit(bundle.model.graph, torch.ones(46, dtype=torch.bool))]
     off = evaluate(bundle.model, bundle.task, keep, "resample", split="off_distribution")
     assert off.points[0].faithfulness == pytest.approx(1.0)
+
+
+def test_shuffled_labels_do_not_apply_to_a_method_that_never_reads_labels():
+    record = run_cell(cell("LabelBlind", robustness=True))
+    control = record["robustness"]["controls"]["shuffled_labels"]
+    assert control["applicable"] is False and "beats" not in control
+    table = tables.robustness(tables.frame([record])).iloc[0]
+    assert table["beats_shuffled_labels"] == "n/a"
+    assert table["beats_random_circuits"] in ("yes", "no")
+    # ACDC fitting the full model's outputs reads no labels; with the task metric it does.
+    import circuitboard as cb
+
+    assert controls.applies(cb.get_method("acdc"), "shuffled_labels")[0] is False
+    assert controls.applies(cb.get_method("acdc", divergence="task"), "shuffled_labels")[0]
+    assert controls.applies(cb.get_method("random"), "random_model")[0] is False
+    assert controls.applies(cb.get_method("eap"), "shuffled_labels")[0] is True
+
+
+def test_an_empty_ground_truth_is_counted_apart_from_exact_recoveries():
+    full = run_cell(cell("Recorder"))
+    empty = run_cell(
+        Cell(
+            spec("Recorder"),
+            f"{HELPERS}:empty_truth_bundle",
+            "tiny-model",
+            "resample",
+            0,
+            False,
+            50,
+            None,
+            1,
+        )  # fmt: skip
+    )
+    assert empty["groundtruth"]["empty_truth"] is True
+    assert empty["groundtruth"]["exact_recovery"] is None
+    df = tables.frame([full, empty])
+    row = tables.groundtruth_summary(df).iloc[0]
+    # Recorder returns only empty circuits: it "recovers" the empty truth, and that is no exact
+    # recovery of a real circuit.
+    assert row["programs"] == 1 and row["exact"] == "0/1" and row["empty_gt_recovered"] == "1/1"
+
+
+def test_identical_circuits_share_scores_and_rank():
+    cells = [cell("Oracle"), Cell(spec("OracleTwin"), TASK, "tiny-model", "resample", 0, False,
+                                  50, None, 1), cell("AntiOracle")]  # fmt: skip
+    records = [run_cell(c) for c in cells]
+    a, b = records[0], records[1]
+    assert a["evaluation"]["areas"] == b["evaluation"]["areas"]
+    assert a["groundtruth"]["auc"] == b["groundtruth"]["auc"]
+    per_task = tables.per_task(tables.frame(records)).set_index("method")
+    assert per_task.loc["oracle", "cpr_rank"] == per_task.loc["oracletwin", "cpr_rank"]
 
 
 def test_controls_change_what_they_claim_to():
@@ -149,16 +226,18 @@ def test_render_reads_stored_results_only(tmp_path, monkeypatch):
     monkeypatch.setattr("circuitboard.leaderboard.cell.evaluate", forbidden)
     monkeypatch.setattr("circuitboard.leaderboard.robustness.evaluate", forbidden)
     written = rendering.render(results)
-    assert os.path.dirname(written["markdown"]) == str(tmp_path)
+    assert os.path.dirname(written["markdown"]) == str(results)  # in the results folder itself
+    assert os.stat(written["markdown"]).st_mode & 0o777 == 0o666 & ~_umask()
     text = open(written["markdown"]).read()
-    assert "Ranking follows MIB" in text and "## Ground truth" in text and "## Robustness" in text
+    assert "How to read these tables" in text and "## Ground truth" in text
+    assert "## Robustness" in text
     df = tables.load_results(results)
     assert len(df) == 4 and set(df["method"]) == {"oracle", "edgeeffects"}
     per_task = tables.per_task(df)
     best = per_task.loc[per_task["cpr"].idxmax(), "method"]
     assert per_task.set_index("method").loc[best, "cpr_rank"] == 1
-    summary = tables.summary(df)
-    assert summary.iloc[0]["method"] == best and f"| {best}" in text
+    summary = tables.summary(df).set_index("method")
+    assert summary.loc[best, "mean_cpr_rank"] == 1 and f"| {best}" in text
     oracle_row = tables.groundtruth(df).set_index("method").loc["oracle"]
     assert oracle_row["auc"] == 1.0 and oracle_row["exact"] == "2/2"
     rob = tables.robustness(df).set_index("method")
@@ -167,7 +246,13 @@ def test_render_reads_stored_results_only(tmp_path, monkeypatch):
     assert len(csv) == 5 and csv[0].startswith("method,task,model,ablation,seed")
     plots = [p for k, p in written.items() if k.startswith("plot")]
     assert len(plots) == 1 and open(plots[0], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    assert os.path.relpath(plots[0], tmp_path) in text
+    assert os.path.relpath(plots[0], results) in text
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_process_executor_matches_in_process(tmp_path):
@@ -198,6 +283,8 @@ def test_run_command(tmp_path, capsys):
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "1 cells: 0 already stored, 1 written, 0 failed" in out
-    assert (tmp_path / "LEADERBOARD.md").exists()
+    assert (results / "LEADERBOARD.md").exists()
+    assert "mean_cpr_rank" in out  # the summary table is printed
+    assert "reference board: 0/0 cells reproduced" in out and "1 cells not in the reference" in out
     assert cli.main(argv) == 0
     assert "1 already stored" in capsys.readouterr().out

@@ -21,7 +21,7 @@ def record(method="m", task="t", seed=0, cpr=0.5) -> dict:
         "model": {"name": "tiny", "n_edges": 46},
         "evaluation": {
             "points": [],
-            "areas": {"log": {"cpr": cpr, "cmd": 1 - cpr}, "linear_mib": {"cpr": cpr, "cmd": 0}},
+            "areas": {"cpr": cpr, "cmd": 1 - cpr, "cpr_mib": cpr, "cmd_mib": 0},
             "full_metric": float("nan"),
         },
         "circuits": [],
@@ -49,7 +49,9 @@ def test_results_dir_from_the_environment(tmp_path, monkeypatch):
     assert store.results_dir() == str(tmp_path / "elsewhere")
     assert store.results_dir(tmp_path) == str(tmp_path)
     monkeypatch.delenv(store.ENV_VAR)
-    assert store.results_dir().endswith(os.path.join("leaderboard", "results"))
+    # The user's own board by default, never the reference board shipped in the package.
+    assert store.results_dir() == "circuitboard-results"
+    assert store.REFERENCE_DIR.endswith(os.path.join("leaderboard", "results"))
 
 
 def test_load_results_names_and_skips_bad_files(tmp_path):
@@ -86,7 +88,7 @@ def test_comparable_drops_only_volatile_fields():
     b["environment"] = {"device": "cuda"}
     b["evaluation"]["seconds"] = 3.0
     assert store.comparable(a) == store.comparable(b)
-    b["evaluation"]["areas"]["log"]["cpr"] = 0.1
+    b["evaluation"]["areas"]["cpr"] = 0.1
     assert store.comparable(a) != store.comparable(b)
 
 
@@ -101,31 +103,14 @@ def test_pack_unpack_and_jaccard():
     assert scores.mean_pairwise_jaccard([keep]) is None
 
 
-def test_groundtruth_scores_by_hand():
-    truth = torch.tensor([1, 1, 0, 0, 0], dtype=torch.bool)
-    circuits = [
-        torch.tensor([1, 0, 0, 0, 0], dtype=torch.bool),  # size 1
-        torch.tensor([1, 0, 1, 0, 0], dtype=torch.bool),  # the one at the truth's size
-        torch.tensor([1, 1, 1, 0, 0], dtype=torch.bool),
-    ]
-    out = scores.groundtruth_scores(circuits, truth, 1)
-    assert out["roc_from"] == "circuits" and out["size"] == 2
-    assert (out["precision"], out["recall"], out["f1"]) == (0.5, 0.5, 0.5)
-    assert out["exact_recovery"] is False and out["exact_circuits"] == []
-    # Envelope points (0, .5), (1/3, .5), (1/3, 1): area 2/3 * 1 + 1/3 * 0.5.
-    assert out["auc"] == pytest.approx(2 / 3 + 1 / 6)
-    ranked = scores.groundtruth_scores(
-        circuits + [truth], truth, 3, torch.tensor([5.0, 4, 3, 2, 1])
-    )
-    assert ranked["roc_from"] == "scores" and ranked["auc"] == 1.0
-    assert ranked["exact_recovery"] is True and ranked["exact_circuits"] == [3]
-    assert ranked["f1"] == 1.0
-
-
-def test_an_empty_ground_truth_has_no_roc_or_f1():
-    truth = torch.zeros(4, dtype=torch.bool)
-    circuits = [torch.tensor([1, 0, 0, 0], dtype=torch.bool), torch.zeros(4, dtype=torch.bool)]
-    out = scores.groundtruth_scores(circuits, truth, 1, torch.tensor([4.0, 3, 2, 1]))
-    assert out["auc"] is None and "one true and one false edge" in out["roc_problem"]
-    assert out["f1"] is None and out["empty_truth"] is True
-    assert out["exact_recovery"] is True and out["exact_circuits"] == [1]
+def test_packed_floats_round_trip_exactly_and_refuse_bad_data():
+    values = torch.tensor([[0.1, -2.5e-300, 3.0], [float("inf"), 1 / 3, 0.0]], dtype=torch.float64)
+    packed = scores.pack_floats(values)
+    assert torch.equal(scores.unpack_floats(packed), values)
+    with pytest.raises(ValueError, match="not the shape"):
+        scores.unpack_floats({**packed, "shape": [3, 3]})
+    with pytest.raises(ValueError, match="malformed"):
+        scores.unpack_floats({"shape": [1], "data": "%%%"})
+    bomb = {"shape": [1], "data": scores.pack_floats(torch.zeros(2**20))["data"]}
+    with pytest.raises(ValueError, match="not the shape"):
+        scores.unpack_floats(bomb)

@@ -55,9 +55,9 @@ def test_submit_code_and_scores_json_end_to_end(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     path, _ = scores_graph(tmp_path)
     assert submit(tmp_path, path, "mine-json", "--task", TASK) == 0, capsys.readouterr().err
-    text = (tmp_path / "LEADERBOARD.md").read_text()
+    text = (tmp_path / "results" / "LEADERBOARD.md").read_text()
     assert "| mine " in text and "| mine-json " in text
-    csv = (tmp_path / "leaderboard.csv").read_text()
+    csv = (tmp_path / "results" / "leaderboard.csv").read_text()
     assert "\nmine," in csv and "\nmine-json," in csv
     df = tables.load_results(tmp_path / "results")
     code_rec = df.set_index("method").loc["mine", "record"]
@@ -82,9 +82,11 @@ def test_submit_circuits_json(tmp_path):
     assert submit(tmp_path, str(path), "gt-data", "--task", TASK, "--no-robustness") == 0
     rec = tables.load_results(tmp_path / "results")["record"][0]
     gt = rec["groundtruth"]
-    assert gt["roc_from"] == "circuits" and gt["exact_recovery"] is True and gt["f1"] == 1.0
+    assert gt["auc_ranking"] is None and gt["exact_recovery"] is True and gt["f1"] == 1.0
     sizes = [c["size"] for c in rec["circuits"]]
-    assert sizes == [0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4]  # budgets below 4 edges: the empty circuit
+    grid = [c["budget"] for c in rec["circuits"]]
+    assert grid[:4] == [1, 2, 3, 4]
+    assert sizes == [0 if b < 4 else 4 for b in grid]  # below 4 edges: the empty circuit
 
 
 def malformed(tmp_path) -> dict[str, tuple[str, str]]:
@@ -148,11 +150,14 @@ def test_malformed_submissions_are_refused_and_write_nothing(tmp_path, capsys):
 def test_validate_command(capsys):
     assert cli.main(["validate", f"{HELPERS}:Oracle", "--tasks", TASK, "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert "AUC >= 0.9 and F1 at the ground truth's size >= 0.9" in out
+    assert "AUC (of its circuits) >= 0.9 and F1 at the smallest budget" in out
     assert "PASS" in out and "1/1 programs passed" in out
     assert cli.main(["validate", f"{HELPERS}:AntiOracle", "--tasks", TASK]) == 1
     out = capsys.readouterr().out
-    assert "FAIL" in out and "AUC < 0.9; F1 < 0.9" in out
+    assert "FAIL" in out and "AUC < 0.9; F1 at 4 edges < 0.9" in out
+    # An unknown method is a usage error (2), not a failed validation (1).
+    assert cli.main(["validate", "no-such-method", "--tasks", TASK]) == 2
+    assert "unknown method 'no-such-method'" in capsys.readouterr().err
     assert cli.main(["validate", f"{HELPERS}:Oracle", "--tasks", f"{HELPERS}:plain_bundle"]) == 1
     assert "no ground truth" in capsys.readouterr().out
 

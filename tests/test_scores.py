@@ -8,38 +8,11 @@ import pytest
 import torch
 from conftest import random_model
 
-from circuitboard import metrics
+from circuitboard import metrics, scoring
 from circuitboard.ablation import for_batch
-from circuitboard.evaluate import budget_sizes, evaluate
+from circuitboard.evaluate import evaluate
 from circuitboard.graph import Circuit
 from circuitboard.task import Batch, Task
-
-
-def test_area_scores_of_curves_with_known_areas():
-    # f = 1 everywhere: CPR 1, CMD 0 on the log axis.
-    assert metrics.area_scores([0.001, 1.0], [1.0, 1.0]) == {"cpr": 1.0, "cmd": 0.0}
-    # f rises linearly in log10(x) from 0 at 0.1% to 1 at 100%: CPR = CMD = 1/2.
-    xs = [0.001, 0.01, 0.1, 1.0]
-    ys = [0.0, 1 / 3, 2 / 3, 1.0]
-    log = metrics.area_scores(xs, ys)
-    assert log["cpr"] == pytest.approx(0.5) and log["cmd"] == pytest.approx(0.5)
-    # Linear axis (MIB): trapezoids over x itself, not normalised.
-    linear = metrics.area_scores(xs, ys, log=False)
-    expected = 0.009 * (1 / 6) + 0.09 * (1 / 2) + 0.9 * (5 / 6)
-    assert linear["cpr"] == pytest.approx(expected)
-    assert linear["cmd"] == pytest.approx(0.999 - expected)
-    # A step: f = 2 up to 1%, then 1. CMD counts the overshoot: |1 - 2| over 1 of 3 decades,
-    # plus half of the decade where the curve falls.
-    step = metrics.area_scores([0.001, 0.01, 0.1, 1.0], [2.0, 2.0, 1.0, 1.0])
-    assert step["cmd"] == pytest.approx((1 + 0.5) / 3)
-    assert step["cpr"] == pytest.approx((2 + 1.5 + 1) / 3)
-
-
-def test_area_scores_extend_the_curve_flat_to_the_ends():
-    # One point at 10%: the curve is flat at its value over the whole axis.
-    assert metrics.area_scores([0.1], [0.25])["cpr"] == pytest.approx(0.25)
-    # Points below 0.1% (an empty circuit) are clamped onto the axis.
-    assert metrics.area_scores([0.0, 1.0], [0.0, 1.0])["cpr"] == pytest.approx(0.5)
 
 
 def test_roc_perfect_reversed_and_ties():
@@ -55,11 +28,8 @@ def test_roc_perfect_reversed_and_ties():
     assert fpr[0] == tpr[0] == 0.0 and fpr[-1] == tpr[-1] == 1.0
 
 
-def test_roc_from_circuits_and_f1():
+def test_f1():
     truth = torch.tensor([True, True, False, False])
-    family = [torch.tensor([True, False, False, False]), torch.tensor([True, True, False, False])]
-    fpr, tpr, auc = metrics.roc_from_circuits(family, truth)
-    assert auc == 1.0
     prf = metrics.precision_recall_f1(torch.tensor([True, False, True, False]), truth)
     assert prf == {"precision": 0.5, "recall": 0.5, "f1": 0.5}
 
@@ -121,7 +91,8 @@ def test_batched_evaluation_equals_one_circuit_at_a_time():
     model, task = random_model(), _task(1)
     gen = torch.Generator().manual_seed(6)
     scores = torch.randn(model.graph.n_edges, generator=gen)
-    circuits = [Circuit.top_k(model.graph, scores, k) for k in budget_sizes(model.graph.n_edges)]
+    sizes = scoring.budget_grid(model.graph.n_edges)
+    circuits = [Circuit.top_k(model.graph, scores, k) for k in sizes]
     together = evaluate(model, task, circuits, "mean", n_boot=20)
     apart = [evaluate(model, task, [c], "mean", n_boot=20, max_batch=1).points[0] for c in circuits]
     for a, b in zip(together.points, apart, strict=True):
@@ -132,6 +103,44 @@ def test_batched_evaluation_equals_one_circuit_at_a_time():
         0, abs=1e-6
     )
     assert math.isclose(full.top1, 1.0)
+
+
+def test_evaluate_builds_the_at_most_budget_curve_from_its_per_example_metrics():
+    model, task = random_model(), _task(2)
+    gen = torch.Generator().manual_seed(7)
+    scores = torch.randn(model.graph.n_edges, generator=gen)
+    n = model.graph.n_edges
+    circuits = [Circuit.top_k(model.graph, scores, k) for k in (20, 40, 60, n)]
+    sizes = [c.size for c in circuits]
+    assert sizes[0] < sizes[1] - 1 < sizes[1] < sizes[2] < n
+    # The circuit for the second budget is one edge over it: a point, never credited there.
+    budgets = [sizes[0], sizes[1] - 1, sizes[2], n]
+    result = evaluate(model, task, circuits, "counterfactual", budgets=budgets, n_boot=20)
+    data = result.per_example
+    assert data.budgets == budgets and data.own == [0, 1, 2, 3]
+    assert data.sizes == [c.size for c in circuits] and data.n_examples == 17
+    # The stored per-example metrics reproduce each point's faithfulness (ratio of means).
+    for point, f in zip(result.points, data.faithfulness(), strict=True):
+        assert point.faithfulness == pytest.approx(float(f), abs=1e-12)
+    assert [p.fits for p in result.points] == [c.size <= b for c, b in zip(circuits, budgets)]
+    assert result.points[1].fits is False
+    assert result.curve == [p.to_dict() for p in scoring.curve(data)]
+    assert result.curve[1]["credited"] != 1 and result.curve[1]["size"] <= budgets[1]
+    assert result.areas == scoring.areas(data).to_dict()
+    # Budgets come from the circuits' info when not given.
+    for c, b in zip(circuits, budgets):
+        c.info["requested"] = b
+    again = evaluate(model, task, circuits, "counterfactual", n_boot=20)
+    assert again.curve == result.curve and again.areas == result.areas
+
+
+def test_a_degenerate_task_is_an_error_not_a_number():
+    model, task = random_model(), _task(3)
+    for b in task.test:
+        b.counterfactual = b.clean.clone()  # the counterfactual equals the clean input
+    circuit = Circuit.top_k(model.graph, torch.arange(model.graph.n_edges) * 1.0, 5)
+    with pytest.raises(scoring.DegenerateTask, match="counterfactual inputs differ"):
+        evaluate(model, task, [circuit], "counterfactual", n_boot=10)
 
 
 def test_accuracy_skips_positions_without_a_categorical_value():
