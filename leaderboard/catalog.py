@@ -103,6 +103,20 @@ def tracr_names() -> list[str]:
         return []
 
 
+def planted_names() -> list[str]:
+    """Planted-circuit programs trained here (``planted/NAME``), where they are shipped."""
+    try:
+        planted = importlib.import_module("circuitboard.groundtruth.planted")
+        return [f"planted/{n}" for n in planted.names()]
+    except (ImportError, AttributeError):
+        return []
+
+
+def has_groundtruth(task: str) -> bool:
+    """Tasks whose model and ground truth come together (Tracr and planted programs)."""
+    return task.startswith(("tracr/", "planted/"))
+
+
 def standard_names() -> list[str]:
     """Standard (non-Tracr) tasks, where circuitboard.tasks provides them."""
     try:
@@ -114,14 +128,22 @@ def standard_names() -> list[str]:
 
 def task_models(task: str) -> list[str]:
     """The model names a task runs on."""
-    if task.startswith("tracr/"):
+    if has_groundtruth(task):
         return [task]
     if is_import_path(task):
         return [load_bundle(task).model_name]
-    tasks = importlib.import_module("circuitboard.tasks")
-    if hasattr(tasks, "models"):
-        return list(tasks.models(task))
-    return list(tasks.load(task).models)
+    importlib.import_module("circuitboard.tasks").spec(task)  # an unknown task is named
+    zoo = importlib.import_module("circuitboard.tasks.zoo")
+    return list(zoo.models_for(task))  # what tasks.load(task).models holds, without the data
+
+
+def model_graph(task: str, model: str | None = None):
+    """The edge universe of a task's model, without generating the task's data."""
+    if has_groundtruth(task) or is_import_path(task):
+        return load_bundle(task, model).model.graph
+    import circuitboard as cb
+
+    return cb.load_model(model or task_models(task)[0]).graph
 
 
 _CACHE: dict[tuple[str, str | None], Bundle] = {}
@@ -141,6 +163,11 @@ def _load(task: str, model: str | None) -> Bundle:
         torch.set_flush_denormal(True)
         groundtruth = importlib.import_module("circuitboard.groundtruth")
         gt = groundtruth.load(task.split("/", 1)[1])
+        return Bundle(gt.model, gt.task, gt, task)
+    if task.startswith("planted/"):
+        torch.set_flush_denormal(True)
+        groundtruth = importlib.import_module("circuitboard.groundtruth")
+        gt = groundtruth.load(task)
         return Bundle(gt.model, gt.task, gt, task)
     if is_import_path(task):
         made = import_object(task)

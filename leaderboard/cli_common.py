@@ -48,7 +48,7 @@ def add_suite(parser, *, seeds_default: int) -> None:
     )
     parser.add_argument(
         "--seeds",
-        type=int,
+        type=positive_int,
         default=seeds_default,
         metavar="N",
         help=f"seeds 0..N-1 (default {seeds_default})",
@@ -82,6 +82,18 @@ def add_suite(parser, *, seeds_default: int) -> None:
     parser.add_argument(
         "--device", help="run models on this device (e.g. cuda); default: where the model loads"
     )
+
+
+def positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def add_executor(parser) -> None:

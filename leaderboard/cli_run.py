@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 
+from circuitboard.leaderboard import names as names_module
 from circuitboard.leaderboard import reference, rendering, runner, store, tables
 from circuitboard.leaderboard.catalog import MethodSpec
 from circuitboard.leaderboard.cli_common import (
@@ -29,7 +30,9 @@ def add_arguments(parser) -> None:
         metavar="METHOD",
         help="registered names or import paths pkg.mod:Class (default: "
         + ", ".join(runner.DEFAULT_METHODS)
-        + "); 'all' for every registered method",
+        + "); 'all' for every circuit-finding method ("
+        + ", ".join(runner.ALL_METHODS)
+        + "; not the oracle or the full-model baselines)",
     )
     parser.add_argument(
         "--param",
@@ -48,14 +51,16 @@ def main(args) -> int:
     params = parse_params(args.param)
     methods = None
     if args.methods:
-        names = args.methods
-        if names == ["all"]:
-            import circuitboard as cb
-
-            names = cb.method_names()
+        names = runner.ALL_METHODS if args.methods == ["all"] else args.methods
         methods = [MethodSpec(n, params=params) for n in names]
     elif params:
         methods = [MethodSpec(n, params=params) for n in runner.default_methods()]
+    problems = names_module.method_problems([m.name for m in methods or []])
+    problems += names_module.task_problems(args.tasks or [])
+    if problems:
+        for problem in problems:
+            print(f"circuitboard run: error: {problem}", file=sys.stderr)
+        return 2
     problems: list[str] = []
     cells = runner.plan(
         methods,

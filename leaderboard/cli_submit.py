@@ -12,7 +12,7 @@ import os
 import sys
 from importlib import metadata
 
-from circuitboard.leaderboard import catalog, rendering, runner, store
+from circuitboard.leaderboard import catalog, names, rendering, runner, store, submission
 from circuitboard.leaderboard.catalog import MethodSpec
 from circuitboard.leaderboard.cell import Cell
 from circuitboard.leaderboard.cli_common import (
@@ -21,12 +21,7 @@ from circuitboard.leaderboard.cli_common import (
     add_suite,
     parse_params,
 )
-from circuitboard.leaderboard.submission import (
-    SubmissionError,
-    check_name,
-    load_data,
-    read_manifest,
-)
+from circuitboard.leaderboard.submission import SubmissionError, check_name
 
 ENTRY_POINT_GROUP = "circuitboard.methods"
 
@@ -57,7 +52,7 @@ def add_arguments(parser) -> None:
 
 
 def is_data(spec: str) -> bool:
-    return spec.endswith(".json") or os.path.isfile(spec)
+    return spec.endswith(".json") or os.path.exists(spec)
 
 
 def registered_names() -> list[str]:
@@ -87,37 +82,44 @@ def code_spec(spec: str, name: str, params: dict) -> tuple[MethodSpec | None, li
     if not callable(getattr(method, "find_circuits", None)):
         return None, [
             f"{spec!r} has no find_circuits(model, task, sizes, ablation, seed); see the "
-            f"Method interface in ARCHITECTURE.md"
+            f"Method interface in circuitboard.methods.base (and the README's 'Methods')"
         ]
     return method_spec, []
 
 
 def data_cells(args, name: str) -> tuple[list[Cell], list[str]]:
-    """Validate every graph file of a data submission and plan its cells (seed 0)."""
-    manifest, problems = read_manifest(args.spec)
+    """Validate every graph file of a data submission, then plan its cells (seed 0).
+
+    Each file is checked against its task's graph (the model's shape only: no task data is
+    generated) before anything else is loaded, so a malformed file is refused at once.
+    """
+    if args.task:
+        problems = names.task_problems([args.task]) + submission.check_file(args.spec)
+        manifest = {args.task: args.spec}
+    else:
+        manifest, problems = submission.read_manifest(args.spec)
+        if manifest is not None:
+            problems += names.task_problems(list(manifest))
     if problems:
         return [], problems
-    if manifest is None:
-        if not args.task:
-            return [], [
-                f"{args.spec}: a single graph file needs --task TASK (or use a manifest "
-                f'{{"tasks": {{TASK: file}}}})'
-            ]
-        manifest = {args.task: args.spec}
-    cells, problems = [], []
+    validated, problems = [], []
     for task, path in manifest.items():
         try:
             model = catalog.task_models(task)[0]
-            bundle = catalog.load_bundle(task, model)
+            graph = catalog.model_graph(task, model)
         except Exception as err:
-            problems.append(f"task {task!r}: cannot load it ({err})")
+            problems.append(f"task {task!r}: cannot load its model ({err})")
             continue
-        submitted, found = load_data(path, bundle.model.graph, task)
+        submitted, found = submission.load_data(path, graph, task)
         problems += found
-        if submitted is None:
-            continue
+        if submitted is not None:
+            validated.append((task, model, submitted))
+    if problems:
+        return [], problems
+    cells = []
+    for task, model, submitted in validated:
         spec = MethodSpec(name, target="data", data=submitted)
-        ablations = args.ablation or [catalog.default_ablation(bundle)]
+        ablations = args.ablation or [catalog.default_ablation(catalog.load_bundle(task, model))]
         for ablation in ablations:
             cells.append(
                 Cell(
@@ -132,7 +134,7 @@ def data_cells(args, name: str) -> tuple[list[Cell], list[str]]:
                     args.threads,
                 )
             )
-    return cells, problems
+    return cells, []
 
 
 def previous(name: str, results) -> list[dict]:
@@ -155,9 +157,9 @@ def main(args) -> int:
         problems += found
     else:
         spec, found = code_spec(args.spec, name, params)
-        problems += found
+        problems += found + names.task_problems(args.tasks or [])
         cells = []
-        if spec is not None:
+        if spec is not None and not problems:
             cells = runner.plan(
                 [spec],
                 args.tasks,

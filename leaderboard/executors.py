@@ -5,10 +5,14 @@ each record as soon as it arrives, so an interrupted run keeps every finished ce
 write files. A cell that raises becomes an ``Outcome`` with the error's traceback and the others
 go on; Ctrl-C (``KeyboardInterrupt``) stops the whole run, cancelling what is queued.
 
-- ``local`` (default): one cell after another in this process, with a progress bar per cell.
-- ``process``: a pool of ``--workers`` fresh interpreters (``spawn``: safe with torch threads).
+- ``local`` (default): one cell after another in this process.
+- ``process``: a pool of ``--workers`` fresh interpreters (``spawn``: safe with torch threads);
+  a cell whose worker dies is run again in a fresh pool.
 - ``ray``: ``ray.remote`` tasks on a local Ray instance, or on a cluster given by ``address``
-  (circuitboard and the methods' code must be importable on the cluster's workers).
+  (circuitboard and the methods' code must be importable on the cluster's workers); Ray retries
+  a task whose worker or node is lost.
+
+Every executor gives identical results: a cell is a pure function of its ``Cell``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 
@@ -26,12 +31,16 @@ from circuitboard.leaderboard.cell import Cell, run_cell
 EXECUTORS = ("local", "process", "ray")
 
 
+MAX_ATTEMPTS = 3  # a cell whose worker dies is run again, this many times in all
+
+
 @dataclass
 class Outcome:
     index: int
     cell: Cell
     record: dict | None = None
     error: str | None = None
+    busy: bool = False  # another run holds this cell's claim: not computed here
 
 
 def execute(
@@ -41,12 +50,32 @@ def execute(
     workers: int | None = None,
     address: str | None = None,
     stage: Callable[[Cell, str], None] | None = None,
+    claim: Callable[[Cell], bool] | None = None,
 ) -> Iterator[Outcome]:
-    """Run ``cells``; yields an ``Outcome`` per cell in the order they finish."""
+    """Run ``cells``; yields an ``Outcome`` per cell in the order they finish.
+
+    ``claim(cell)`` is asked before a cell is computed (just before, in this process; when it
+    is handed to a worker, otherwise); a cell it refuses comes back as ``busy``.
+    """
+    claim = claim or (lambda cell: True)
     if executor == "local":
-        return _local(cells, stage)
+        return _local(cells, stage, claim)
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    return _pooled(cells, executor, workers, address, claim)
+
+
+def _pooled(cells, executor, workers, address, claim) -> Iterator[Outcome]:
+    todo = []
+    for i, cell in enumerate(cells):
+        if claim(cell):
+            todo.append((i, cell))
+        else:
+            yield Outcome(i, cell, busy=True)
+    if not todo:
+        return
     if executor == "process":
-        return _process(cells, workers)
+        yield from _process(todo, workers)
     if executor == "ray":
         try:
             import ray
@@ -54,8 +83,7 @@ def execute(
             raise ImportError(
                 "the ray executor needs Ray: pip install ray (CPU-only; it does not pull torch)"
             ) from None
-        return _ray(ray, cells, workers, address)
-    raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+        yield from _ray(ray, todo, workers, address)
 
 
 def _guarded(cell: Cell) -> tuple[dict | None, str | None]:
@@ -66,8 +94,11 @@ def _guarded(cell: Cell) -> tuple[dict | None, str | None]:
         return None, traceback.format_exc()
 
 
-def _local(cells, stage) -> Iterator[Outcome]:
+def _local(cells, stage, claim) -> Iterator[Outcome]:
     for i, cell in enumerate(cells):
+        if not claim(cell):
+            yield Outcome(i, cell, busy=True)
+            continue
         progress = (lambda name, cell=cell: stage(cell, name)) if stage else None
         try:
             yield Outcome(i, cell, record=run_cell(cell, progress))
@@ -75,25 +106,49 @@ def _local(cells, stage) -> Iterator[Outcome]:
             yield Outcome(i, cell, error=traceback.format_exc())
 
 
-def _process(cells, workers) -> Iterator[Outcome]:
-    n = max(1, min(workers or os.cpu_count() or 1, len(cells) or 1))
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn"))
-    try:
-        pending = {pool.submit(_guarded, cell): i for i, cell in enumerate(cells)}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                i = pending.pop(future)
-                try:
-                    record, error = future.result()
-                except Exception:  # the worker itself died
-                    record, error = None, traceback.format_exc()
-                yield Outcome(i, cells[i], record, error)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+def _process(todo, workers) -> Iterator[Outcome]:
+    """A spawn pool; if a worker process dies (killed, out of memory), the pool breaks, and the
+    cells it held are run again in a fresh pool, up to ``MAX_ATTEMPTS`` times each."""
+    attempts = {i: 0 for i, _ in todo}
+    cells = dict(todo)
+    remaining = [i for i, _ in todo]
+    while remaining:
+        n = max(1, min(workers or os.cpu_count() or 1, len(remaining)))
+        pool = ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn"))
+        lost = []
+        try:
+            pending = {}
+            for i in remaining:
+                attempts[i] += 1
+                pending[pool.submit(_guarded, cells[i])] = i
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    i = pending.pop(future)
+                    try:
+                        record, error = future.result()
+                    except BrokenProcessPool:  # a worker died: this cell goes again
+                        if attempts[i] < MAX_ATTEMPTS:
+                            lost.append(i)
+                            continue
+                        record, error = (
+                            None,
+                            (
+                                f"the worker running this cell died {attempts[i]} times:\n"
+                                + traceback.format_exc()
+                            ),
+                        )
+                    except Exception:
+                        record, error = None, traceback.format_exc()
+                    yield Outcome(i, cells[i], record, error)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        remaining = sorted(lost)
 
 
-def _ray(ray, cells, workers, address) -> Iterator[Outcome]:
+def _ray(ray, todo, workers, address) -> Iterator[Outcome]:
+    """Ray tasks; a task whose worker process or node dies is retried by Ray itself
+    (``max_retries``), and errors raised by a cell come back as its outcome."""
     started = False
     if not ray.is_initialized():
         kwargs: dict = {"include_dashboard": False, "log_to_driver": False}
@@ -108,8 +163,9 @@ def _ray(ray, cells, workers, address) -> Iterator[Outcome]:
                 kwargs["num_cpus"] = workers
         ray.init(**kwargs)
         started = True
-    remote = ray.remote(num_cpus=1, max_retries=0)(_guarded)
-    refs = {remote.remote(cell): i for i, cell in enumerate(cells)}
+    remote = ray.remote(num_cpus=1, max_retries=MAX_ATTEMPTS - 1)(_guarded)
+    cells = dict(todo)
+    refs = {remote.remote(cell): i for i, cell in todo}
     try:
         while refs:
             done, _ = ray.wait(list(refs), num_returns=1)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from circuitboard.leaderboard import catalog, store
+from circuitboard.leaderboard import catalog, claims, store
 from circuitboard.leaderboard.catalog import MethodSpec
 from circuitboard.leaderboard.cell import Cell
 from circuitboard.leaderboard.executors import execute
@@ -26,6 +26,9 @@ from circuitboard.leaderboard.executors import execute
 # pruning train for hundreds of steps per circuit size (tens of minutes per Tracr program on
 # such a machine); name them, or pass ``--methods all``, to run them too.
 DEFAULT_METHODS = ("random", "eap", "eap-ig", "acdc")
+# ``--methods all``: every circuit-finding method and the random baseline; never the oracle
+# (``groundtruth``) or the full model (``full``), which are references, not methods.
+ALL_METHODS = ("random", "eap", "eap-ig", "acdc", "edge-pruning", "node-pruning")
 DEFAULT_SEEDS = 1
 DEFAULT_THREADS = 1
 
@@ -50,13 +53,15 @@ def default_tasks() -> list[str]:
 
 
 def expand_tasks(tasks: Sequence[str]) -> list[str]:
-    """``standard`` stands for every standard task, ``tracr`` for every Tracr program."""
+    """``standard``, ``tracr`` and ``planted`` stand for every task of that kind."""
     out = []
     for name in tasks:
         if name == "standard":
             out += catalog.standard_names()
         elif name == "tracr":
             out += catalog.tracr_names()
+        elif name == "planted":
+            out += catalog.planted_names()
         else:
             out.append(name)
     return out
@@ -100,7 +105,7 @@ def plan(
         for model in models:
             if ablations:
                 chosen = list(ablations)
-            elif task.startswith("tracr/"):
+            elif catalog.has_groundtruth(task):
                 chosen = ["resample"]
             else:
                 chosen = [catalog.default_ablation(catalog.load_bundle(task, model))]
@@ -129,6 +134,7 @@ class RunSummary:
     skipped: int = 0
     written: list[str] = field(default_factory=list)
     failed: list[tuple[Cell, str]] = field(default_factory=list)
+    busy: list[Cell] = field(default_factory=list)  # being computed by another run
 
     @property
     def ok(self) -> bool:
@@ -138,6 +144,7 @@ class RunSummary:
         lines = [
             f"{self.planned} cells: {self.skipped} already stored, {len(self.written)} written, "
             f"{len(self.failed)} failed"
+            + (f", {len(self.busy)} being computed by another run" if self.busy else "")
         ]
         for cell, error in self.failed:
             last = error.strip().splitlines()[-1] if error.strip() else "error"
@@ -173,12 +180,12 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix_str(f"{cell.key} [{name}]", refresh=False)
 
-    def finished(self, cell: Cell, ok: bool, seconds: float) -> None:
+    def finished(self, cell: Cell, ok: bool, seconds: float, note: str = "") -> None:
         self.count += 1
         if self.bar is not None:
             self.bar.update(1)
         elif self.enabled:
-            status = "done" if ok else "FAILED"
+            status = note or ("done" if ok else "FAILED")
             print(
                 f"[{self.count}/{self.total}] {cell.key}: {status} ({seconds:.1f} s)",
                 file=sys.stderr,
@@ -215,10 +222,24 @@ def run(
     if not todo:
         return summary
     bar = Progress(len(cells), summary.skipped, progress)
+    held_claims: dict = {}
+
+    def claim(cell: Cell) -> bool:
+        taken = claims.acquire(cell.key, directory)
+        if taken is not None:
+            held_claims[cell.key] = taken
+        return taken is not None
+
     started = time.perf_counter()
     held = []
     try:
-        for outcome in execute(todo, executor, workers=workers, address=address, stage=bar.stage):
+        for outcome in execute(
+            todo, executor, workers=workers, address=address, stage=bar.stage, claim=claim
+        ):
+            if outcome.busy:
+                summary.busy.append(outcome.cell)
+                bar.finished(outcome.cell, True, 0.0, "computed by another run")
+                continue
             ok = outcome.record is not None
             if not ok:
                 summary.failed.append((outcome.cell, outcome.error or "unknown error"))
@@ -227,11 +248,15 @@ def run(
                 held.append(outcome.record)
             else:
                 summary.written.append(store.write_result(outcome.record, directory))
+            if not atomic:
+                held_claims.pop(outcome.cell.key).release()
             bar.finished(outcome.cell, ok, time.perf_counter() - started)
             started = time.perf_counter()
+        if atomic and not summary.failed:
+            for record in held:
+                summary.written.append(store.write_result(record, directory))
     finally:
         bar.close()
-    if atomic and not summary.failed:
-        for record in held:
-            summary.written.append(store.write_result(record, directory))
+        for taken in held_claims.values():
+            taken.release()
     return summary

@@ -62,9 +62,40 @@ def check_name(name: str, taken: list[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- strict JSON
-def strict_load(path: str) -> tuple[object | None, list[str]]:
-    """Parse JSON, reporting duplicate keys and NaN/Infinity literals instead of hiding them."""
-    problems: list[str] = []
+MAX_FILE_BYTES = 1 << 30  # no submission file is read past this, whatever the model
+BYTES_PER_EDGE = 4096  # room for dozens of full graphs of a model, indented
+
+
+def size_limit(graph) -> int:
+    """The most bytes a graph file for ``graph`` may hold: about 30 indented full graphs."""
+    return min(MAX_FILE_BYTES, (1 << 20) + BYTES_PER_EDGE * graph.n_edges)
+
+
+def check_file(path: str, limit: int = MAX_FILE_BYTES) -> list[str]:
+    """Problems with reading ``path`` at all: missing, not a regular file, too large."""
+    if not os.path.exists(path):
+        return [f"{path}: no such file"]
+    if not os.path.isfile(path):
+        return [f"{path}: not a regular file (a directory or a device); give a JSON file"]
+    size = os.path.getsize(path)
+    if size > limit:
+        return [
+            f"{path}: {size} bytes, more than a submission for this model may hold ({limit}); "
+            f"a graph JSON lists each edge once"
+        ]
+    return []
+
+
+def strict_load(path: str, limit: int = MAX_FILE_BYTES) -> tuple[object | None, list[str]]:
+    """Parse JSON, reporting duplicate keys and NaN/Infinity literals instead of hiding them.
+
+    The file is checked (a regular file of at most ``limit`` bytes) before it is read, and
+    hostile JSON (nesting deeper than Python's parser goes, integers of thousands of digits)
+    is refused with a reason, never a traceback.
+    """
+    problems = check_file(path, limit)
+    if problems:
+        return None, problems
 
     def pairs(items):
         seen, out = set(), {}
@@ -84,10 +115,12 @@ def strict_load(path: str) -> tuple[object | None, list[str]]:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f, object_pairs_hook=pairs, parse_constant=constant)
-    except FileNotFoundError:
-        return None, [f"{path}: no such file"]
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         return None, [f"{path}: not valid JSON ({err})"]
+    except RecursionError:
+        return None, [f"{path}: JSON nested too deeply; a graph JSON is a few levels deep"]
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        return None, [f"{path}: not usable JSON ({err})"]
     return data, problems
 
 
@@ -168,7 +201,12 @@ def _check_one(graph, data, source: str, need_scores: bool | None):
         if score is not None:
             has_score = True
             if isinstance(score, bool) or not isinstance(score, int | float):
-                problems.append(f"{source}: edge {name!r} has a non-numeric score {score!r}")
+                problems.append(f"{source}: edge {name!r} has a non-numeric score {score!r:.40}")
+            elif isinstance(score, int) and abs(score) > 1e300:
+                problems.append(
+                    f"{source}: edge {name!r} has a score of {len(str(abs(score)))} digits, too "
+                    f"large for a float; scores must be finite numbers"
+                )
             elif not math.isfinite(score):
                 problems.append(
                     f"{source}: edge {name!r} has a non-finite score {score}; "
@@ -177,6 +215,7 @@ def _check_one(graph, data, source: str, need_scores: bool | None):
         flag = entry.get("in_graph", False)
         if not isinstance(flag, bool):
             problems.append(f"{source}: edge {name!r} has in_graph {flag!r}; use true or false")
+    absent = [n for n in graph.edge_names if n not in edges]
     if has_score or need_scores:
         missing = [
             n
@@ -189,6 +228,11 @@ def _check_one(graph, data, source: str, need_scores: bool | None):
                 f"(first: {missing[0]!r}); a scores submission scores every edge "
                 f"(got {len(edges)} edge entries)"
             )
+    elif absent:
+        problems.append(
+            f"{source}: {len(absent)} of the model's {graph.n_edges} edges are missing (first: "
+            f"{absent[0]!r}); a graph JSON lists every edge with its in_graph flag"
+        )
     if problems:
         return None, problems
     try:
@@ -198,7 +242,7 @@ def _check_one(graph, data, source: str, need_scores: bool | None):
 
 
 def load_data(path: str, graph, task_hint: str | None) -> tuple[SubmittedGraph | None, list[str]]:
-    data, problems = strict_load(path)
+    data, problems = strict_load(path, size_limit(graph))
     if data is None:
         return None, problems
     submitted, found = check_graph(graph, data, path)
@@ -211,23 +255,46 @@ def load_data(path: str, graph, task_hint: str | None) -> tuple[SubmittedGraph |
     return submitted, []
 
 
+MAX_MANIFEST_BYTES = 1 << 20
+
+
 def read_manifest(path: str) -> tuple[dict[str, str] | None, list[str]]:
-    """``{task: graph file}`` from a manifest; ``None`` if ``path`` is a single graph file."""
-    data, problems = strict_load(path)
+    """``{task: graph file}`` from a manifest (a small file; graph files are named in it and
+    must lie inside its folder)."""
+    data, problems = strict_load(path, MAX_MANIFEST_BYTES)
     if data is None or problems:
+        if problems and "more than a submission" in problems[0]:
+            problems = [
+                f"{path}: {os.path.getsize(path)} bytes is no manifest; a single graph file "
+                f"needs --task TASK"
+            ]
         return None, problems
-    if not (isinstance(data, dict) and "tasks" in data and "edges" not in data):
-        return None, []
+    if isinstance(data, dict) and "edges" in data:
+        return None, [
+            f"{path}: a single graph file needs --task TASK (or use a manifest "
+            f'{{"tasks": {{TASK: file}}}})'
+        ]
+    if not (isinstance(data, dict) and "tasks" in data):
+        return None, [
+            f'{path}: expected a manifest {{"tasks": {{TASK: file}}}} or, with --task, a graph'
+        ]
     tasks = data["tasks"]
     if not isinstance(tasks, dict) or not tasks:
         return None, [f"{path}: 'tasks' must map task names to graph files"]
-    base = os.path.dirname(os.path.abspath(path))
+    base = os.path.realpath(os.path.dirname(os.path.abspath(path)))
     out, problems = {}, []
     for task, file in tasks.items():
-        if not isinstance(file, str):
+        if not isinstance(file, str) or not file:
             problems.append(f"{path}: the file for task {task!r} must be a path string")
             continue
-        out[task] = file if os.path.isabs(file) else os.path.join(base, file)
+        resolved = os.path.realpath(os.path.join(base, file))
+        if os.path.isabs(file) or os.path.commonpath([base, resolved]) != base:
+            problems.append(
+                f"{path}: the file for task {task!r} ({file!r}) lies outside the manifest's "
+                f"folder; give paths relative to the manifest, inside its folder"
+            )
+            continue
+        out[task] = resolved
     return (out, []) if not problems else (None, problems)
 
 

@@ -14,6 +14,10 @@
 - ``LabelBlind``: ``EdgeEffects`` that declares it never reads labels.
 - ``Recorder``: returns empty circuits and records the sizes it was asked for.
 - ``Flaky``: ``EdgeEffects`` that raises inside the cell when a flag file names its seed.
+- ``Slow``: ``EdgeEffects`` that takes a second and leaves a marker file per computation in
+  ``$CIRCUITBOARD_TEST_MARKS`` (to count how often each cell was computed).
+- ``DiesOnce``: ``EdgeEffects`` whose first attempt at each seed kills its own process (a lost
+  worker), marked in ``$CIRCUITBOARD_TEST_MARKS``.
 - ``empty_truth_bundle``: the tiny task with an empty ground truth.
 """
 
@@ -202,3 +206,32 @@ class Flaky(EdgeEffects):
 
 class NotAMethod:
     """Has no find_circuits: a code submission of it must be refused."""
+
+
+MARKS_ENV = "CIRCUITBOARD_TEST_MARKS"
+
+
+class Slow(EdgeEffects):
+    name = "slow"
+
+    def find_circuits(self, model, task, sizes, ablation, seed):
+        import time
+        import uuid
+
+        time.sleep(1.0)
+        marks = os.environ[MARKS_ENV]
+        open(os.path.join(marks, f"seed{seed}-{os.getpid()}-{uuid.uuid4().hex}"), "w").close()
+        return super().find_circuits(model, task, sizes, ablation, seed)
+
+
+class DiesOnce(EdgeEffects):
+    name = "dies-once"
+
+    def find_circuits(self, model, task, sizes, ablation, seed):
+        mark = os.path.join(os.environ[MARKS_ENV], f"died-seed{seed}")
+        try:
+            fd = os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return super().find_circuits(model, task, sizes, ablation, seed)
+        os.close(fd)
+        os._exit(17)  # the worker process is lost mid-sweep

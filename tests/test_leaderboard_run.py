@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
-from test_leaderboard_helpers import FLAG_ENV, GT_EDGES, tiny_bundle
+from test_leaderboard_helpers import FLAG_ENV, GT_EDGES, MARKS_ENV, tiny_bundle
 
 from circuitboard import cli, scoring
 from circuitboard.evaluate import evaluate
 from circuitboard.graph import Circuit
-from circuitboard.leaderboard import controls, rendering, runner, scores, store, tables
+from circuitboard.leaderboard import claims, controls, rendering, runner, scores, store, tables
 from circuitboard.leaderboard.catalog import MethodSpec
 from circuitboard.leaderboard.cell import Cell, run_cell
 
@@ -253,6 +255,58 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_two_runs_sharing_a_directory_compute_each_cell_once(tmp_path):
+    marks, results = tmp_path / "marks", tmp_path / "results"
+    marks.mkdir()
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, MARKS_ENV: str(marks), "PYTHONPATH": tests_dir}
+    argv = [sys.executable, "-m", "circuitboard.cli", "run", "--methods", f"{HELPERS}:Slow",
+            "--tasks", TASK, "--seeds", "4", "--results", str(results), "--no-robustness",
+            "--n-boot", "20", "--threads", "1", "--no-render"]  # fmt: skip
+    runs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(2)]  # fmt: skip
+    outputs = [r.communicate(timeout=300) for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], outputs
+    computed = sorted(name.split("-")[0] for name in os.listdir(marks))
+    assert computed == ["seed0", "seed1", "seed2", "seed3"]  # each cell exactly once
+    files = store.result_files(results)
+    assert len(files) == 4 and all(store.read_result(f) for f in files)
+    assert not [n for n in os.listdir(results) if n.startswith(".")]  # no claim left behind
+
+
+def test_a_claim_is_exclusive_and_dies_with_its_process(tmp_path):
+    key = store.Key("m", "t", "x", "zero", 0)
+    first = claims.acquire(key, str(tmp_path))
+    assert first is not None
+    code = (
+        "import sys; from circuitboard.leaderboard import claims, store;"
+        "k = store.Key('m', 't', 'x', 'zero', 0);"
+        "sys.exit(0 if claims.acquire(k, sys.argv[1]) is None else 1)"
+    )
+    assert subprocess.run([sys.executable, "-c", code, str(tmp_path)]).returncode == 0
+    first.release()
+    # A process that dies holding a claim leaves none behind: the kernel drops its lock.
+    holder = "import os, sys; from circuitboard.leaderboard import claims, store;" + (
+        "claims.acquire(store.Key('m', 't', 'x', 'zero', 0), sys.argv[1]); os._exit(9)"
+    )
+    assert subprocess.run([sys.executable, "-c", holder, str(tmp_path)]).returncode == 9
+    again = claims.acquire(key, str(tmp_path))
+    assert again is not None
+    again.release()
+
+
+def test_a_lost_process_worker_is_replaced_and_nothing_is_lost(tmp_path, monkeypatch):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setenv(MARKS_ENV, str(marks))
+    cells = sweep(["DiesOnce"], 2)
+    summary = runner.run(cells, tmp_path / "pool", executor="process", workers=2, progress=False)
+    assert summary.ok and len(summary.written) == 2, summary.describe()
+    assert sorted(os.listdir(marks)) == ["died-seed0", "died-seed1"]
+    runner.run(cells, tmp_path / "local", progress=False)  # marks exist: nobody dies here
+    assert comparable_dir(tmp_path / "pool") == comparable_dir(tmp_path / "local")
 
 
 def test_process_executor_matches_in_process(tmp_path):

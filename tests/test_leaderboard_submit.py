@@ -113,7 +113,54 @@ def malformed(tmp_path) -> dict[str, tuple[str, str]]:
     bad["edges"][first]["score"] = float("inf")
     out["inf"] = (json.dumps(bad), "non-finite score inf")
     out["not json"] = ("{edges: }", "not valid JSON")
+    out["deep"] = ("[" * 100_000 + "]" * 100_000, "nested too deeply")
+    bad = json.loads(json.dumps(good))
+    text = json.dumps(bad).replace(json.dumps(edges[first]["score"]), "1" + "0" * 400, 1)
+    out["huge int"] = (text, "a score of 401 digits, too large for a float")
+    out["huge digits"] = ('{"edges": {"x": {"score": 1' + "0" * 5000 + "}}}", "not usable JSON")
+    out["no edges"] = ('{"edges": {}}', "46 of the model's 46 edges are missing")
+    out["oversized"] = (" " * (3 << 20) + json.dumps(good), "more than a submission for this model")
     return out
+
+
+def test_files_that_are_not_regular_or_lie_outside_a_manifest_are_refused(tmp_path, capsys):
+    inside = tmp_path / "sub"
+    inside.mkdir()
+    path, _ = scores_graph(inside)
+    outside, _ = scores_graph(tmp_path, "outside.json")
+    cases = {
+        "dir": ({"tasks": {TASK: "."}}, "not a regular file"),
+        "dev": ({"tasks": {TASK: "/dev/zero"}}, "outside the manifest's folder"),
+        "up": ({"tasks": {TASK: "../outside.json"}}, "outside the manifest's folder"),
+        "abs": ({"tasks": {TASK: outside}}, "outside the manifest's folder"),
+        "typo": ({"tasks": {"tracr/revese": "scores.json"}}, "did you mean 'tracr/reverse'"),
+    }
+    for name, (manifest, reason) in cases.items():
+        m = inside / f"{name}.json"
+        m.write_text(json.dumps(manifest))
+        assert submit(tmp_path, str(m), "bad") == 2, name
+        assert reason in capsys.readouterr().err, name
+    assert submit(tmp_path, "/dev/zero", "bad", "--task", TASK) == 2
+    assert "not a regular file" in capsys.readouterr().err
+    assert submit(tmp_path, str(inside), "bad", "--task", TASK) == 2
+    assert "not a regular file" in capsys.readouterr().err
+    # A single graph file given as a manifest, and a good manifest inside its folder.
+    assert submit(tmp_path, path, "bad") == 2
+    assert "a single graph file needs --task" in capsys.readouterr().err
+    good = inside / "good.json"
+    good.write_text(json.dumps({"tasks": {TASK: os.path.basename(path)}}))
+    assert submit(tmp_path, str(good), "fine", "--no-robustness") == 0
+
+
+def test_a_malformed_file_is_refused_before_any_task_is_built(tmp_path, capsys, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the task must not be built to refuse a malformed file")
+
+    monkeypatch.setattr("circuitboard.tasks.load", forbidden)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"edges": {"input->a9.h0<q>": {"score": 1.0}}}')
+    assert submit(tmp_path, str(bad), "bad", "--task", "ioi") == 2
+    assert "no reader 'a9.h0<q>'" in capsys.readouterr().err
 
 
 def test_malformed_submissions_are_refused_and_write_nothing(tmp_path, capsys):

@@ -13,6 +13,7 @@ import circuitboard as cb
 from circuitboard.tasks import evaluation, train, vocab, zoo
 
 TOY = vocab.ToyTokenizer()
+CROSS_MACHINE_REL = 1e-5  # what a training loss may differ by between machines (README)
 
 
 @pytest.fixture(scope="module")
@@ -120,10 +121,15 @@ def test_training_reproduces_exactly(name):
 
 @pytest.mark.parametrize("name", zoo.names())
 def test_shipped_training_run_reproduces(name):
-    """The first steps of `circuitboard zoo train NAME` give the card's first losses exactly."""
+    """The first steps of `circuitboard zoo train NAME` give the card's first losses.
+
+    The card was written on another machine: float sums in another CPU's kernels round
+    differently, so what is promised across machines is agreement within a relative 1e-5 (seen:
+    1.6e-7), not bits. Bits are promised on one machine and thread count, and tested there
+    (``test_training_reproduces_exactly``)."""
     card = zoo.card(name)
     run = train.train(train.SPECS[name], seed=card["seed"], stop_after=3)
-    assert run.losses == card["first_losses"][:3]
+    assert run.losses == pytest.approx(card["first_losses"][:3], rel=CROSS_MACHINE_REL)
     assert train.SPECS[name].steps == card["spec"]["steps"]
 
 
