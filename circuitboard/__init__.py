@@ -16,13 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from circuitboard import loaders
-from circuitboard.ablation import ABLATIONS, ablated_values
-from circuitboard.evaluate import evaluate  # the function; the module stays importable by path
-from circuitboard.graph import Circuit, Graph
-from circuitboard.model import ModelConfig, PatchableTransformer
 from circuitboard.registry import Registry, import_object
-from circuitboard.task import Batch, Task
 
 __version__ = "0.1.0"
 
@@ -39,12 +33,13 @@ TASKS.add_namespace(
 TASKS.add_namespace("std", "circuitboard.tasks:names", "circuitboard.tasks:load")
 
 
-def load_model(name: str, **kwargs) -> PatchableTransformer:
+def load_model(name: str, **kwargs):
     """A registered model (``tracr/reverse``, ``zoo/toy-lm``) or a local directory.
 
     A directory holding a circuitboard checkpoint loads as one; any other directory is read as a
     GPT-2-family model through HF transformers.
     """
+    loaders = importlib.import_module("circuitboard.loaders")
     if os.path.isdir(name):
         if os.path.isfile(os.path.join(name, loaders.checkpoint.CONFIG_FILE)):
             try:
@@ -57,7 +52,7 @@ def load_model(name: str, **kwargs) -> PatchableTransformer:
     return MODELS.load(name, **kwargs)
 
 
-def load_task(name: str, **kwargs) -> Task:
+def load_task(name: str, **kwargs):
     """A registered task: ``tracr/NAME`` or a standard task name such as ``ioi``."""
     if "/" not in name:
         name = f"std/{name}"
@@ -75,10 +70,29 @@ def method_names() -> list[str]:
     return import_object("circuitboard.methods:names")()
 
 
+# Everything that needs torch loads on first use, so that `circuitboard --help` and the
+# listings start in a fraction of a second: name -> module that defines it.
+_LAZY = {
+    "ABLATIONS": "circuitboard.ablation",
+    "ablated_values": "circuitboard.ablation",
+    "Circuit": "circuitboard.graph",
+    "Graph": "circuitboard.graph",
+    "ModelConfig": "circuitboard.model",
+    "PatchableTransformer": "circuitboard.model",
+    "Batch": "circuitboard.task",
+    "Task": "circuitboard.task",
+}
+_SUBMODULES = {"groundtruth", "methods", "tasks", "leaderboard", "loaders", "scoring", "evaluate"}
+
+
 def __getattr__(attr: str):
-    # Subpackages load on first use: cb.groundtruth, cb.methods, cb.tasks, cb.leaderboard, ...
-    if attr in {"groundtruth", "methods", "tasks", "leaderboard"}:
+    # ``cb.evaluate`` is the module circuitboard.evaluate, which is callable as its function
+    # ``evaluate`` (importing a submodule makes it the package's attribute, so a function of the
+    # same name could not stay there).
+    if attr in _SUBMODULES:
         return importlib.import_module(f"circuitboard.{attr}")
+    if attr in _LAZY:
+        return getattr(importlib.import_module(_LAZY[attr]), attr)
     raise AttributeError(f"module 'circuitboard' has no attribute {attr!r}")
 
 

@@ -35,28 +35,33 @@ def _command_module(path: str):
     return importlib.import_module(path)
 
 
-def build_parser(available: dict) -> argparse.ArgumentParser:
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the ``chosen`` command's module is imported (for its arguments), so
+    ``circuitboard --help`` imports no model code at all."""
     parser = argparse.ArgumentParser(
         prog="circuitboard",
         description="Benchmark circuit-finding methods on one edge universe.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in available.items():
+    for name, (path, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(p)
-        p.set_defaults(_main=module.main)
+        if name == chosen:
+            module = _command_module(path)
+            module.add_arguments(p)
+            p.set_defaults(_main=module.main)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    available = {}
-    for name, (path, help_text) in COMMANDS.items():
-        try:
-            available[name] = (_command_module(path), help_text)
-        except ImportError:
-            continue  # a command whose part is not built or whose extra is missing
-    parser = build_parser(available)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    if chosen is not None and chosen not in COMMANDS:
+        chosen = None  # argparse names the unknown command
+    try:
+        parser = build_parser(chosen)
+    except ImportError as err:
+        print(f"circuitboard {chosen}: error: this command needs a part not installed: {err}")
+        return 2
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

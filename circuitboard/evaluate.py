@@ -8,7 +8,9 @@ and every other verdict follow the rules of ``circuitboard.scoring``, which this
 
 from __future__ import annotations
 
+import sys
 import time
+import types
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -250,3 +252,14 @@ def evaluate(
         result.areas = scoring.areas(data).to_dict()
     result.seconds = time.perf_counter() - start
     return result
+
+
+class _CallableModule(types.ModuleType):
+    """``cb.evaluate(model, task, circuits, ...)`` calls ``evaluate``: the package exposes this
+    module under the function's name, since importing it makes it the package's attribute."""
+
+    def __call__(self, *args, **kwargs) -> Evaluation:
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -17,8 +17,6 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
-import torch
-
 from circuitboard.registry import import_object
 
 # Ablations that have a Tracr ground truth, and the ground truth a run's ablation is judged by:
@@ -159,6 +157,8 @@ def load_bundle(task: str, model: str | None = None) -> Bundle:
 
 
 def _load(task: str, model: str | None) -> Bundle:
+    import torch
+
     if task.startswith("tracr/"):
         torch.set_flush_denormal(True)
         groundtruth = importlib.import_module("circuitboard.groundtruth")

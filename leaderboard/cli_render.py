@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 import warnings
 
-from circuitboard.leaderboard import rendering
 from circuitboard.leaderboard.cli_common import add_results, results_and_out
 
 
@@ -17,6 +16,8 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
+    from circuitboard.leaderboard import rendering
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         written = rendering.render(*results_and_out(args))

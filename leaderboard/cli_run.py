@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from circuitboard.leaderboard import names as names_module
-from circuitboard.leaderboard import reference, rendering, runner, store, tables
-from circuitboard.leaderboard.catalog import MethodSpec
+from circuitboard.leaderboard import suite
 from circuitboard.leaderboard.cli_common import (
     add_executor,
     add_results,
@@ -29,9 +27,9 @@ def add_arguments(parser) -> None:
         nargs="+",
         metavar="METHOD",
         help="registered names or import paths pkg.mod:Class (default: "
-        + ", ".join(runner.DEFAULT_METHODS)
+        + ", ".join(suite.DEFAULT_METHODS)
         + "); 'all' for every circuit-finding method ("
-        + ", ".join(runner.ALL_METHODS)
+        + ", ".join(suite.ALL_METHODS)
         + "; not the oracle or the full-model baselines)",
     )
     parser.add_argument(
@@ -40,13 +38,17 @@ def add_arguments(parser) -> None:
         metavar="KEY=VALUE",
         help="a parameter for the methods (repeatable), e.g. --param steps=20",
     )
-    add_suite(parser, seeds_default=runner.DEFAULT_SEEDS)
+    add_suite(parser, seeds_default=suite.DEFAULT_SEEDS)
     add_executor(parser)
     add_results(parser)
     parser.add_argument("--no-render", action="store_true", help="do not regenerate the tables")
 
 
 def main(args) -> int:
+    from circuitboard.leaderboard import names as names_module
+    from circuitboard.leaderboard import reference, rendering, runner, store, tables
+    from circuitboard.leaderboard.catalog import MethodSpec
+
     results, out = results_and_out(args)
     params = parse_params(args.param)
     methods = None
@@ -97,6 +99,8 @@ def main(args) -> int:
 
 
 def _run(cells, args):
+    from circuitboard.leaderboard import runner
+
     return runner.run(
         cells,
         results_and_out(args)[0],

@@ -12,16 +12,14 @@ import os
 import sys
 from importlib import metadata
 
-from circuitboard.leaderboard import catalog, names, rendering, runner, store, submission
+from circuitboard.leaderboard import catalog, names, store, suite
 from circuitboard.leaderboard.catalog import MethodSpec
-from circuitboard.leaderboard.cell import Cell
 from circuitboard.leaderboard.cli_common import (
     add_executor,
     add_results,
     add_suite,
     parse_params,
 )
-from circuitboard.leaderboard.submission import SubmissionError, check_name
 
 ENTRY_POINT_GROUP = "circuitboard.methods"
 
@@ -46,7 +44,7 @@ def add_arguments(parser) -> None:
         action="store_true",
         help="replace results stored under NAME by another submission",
     )
-    add_suite(parser, seeds_default=runner.DEFAULT_SEEDS)
+    add_suite(parser, seeds_default=suite.DEFAULT_SEEDS)
     add_executor(parser)
     add_results(parser)
 
@@ -87,12 +85,15 @@ def code_spec(spec: str, name: str, params: dict) -> tuple[MethodSpec | None, li
     return method_spec, []
 
 
-def data_cells(args, name: str) -> tuple[list[Cell], list[str]]:
+def data_cells(args, name: str) -> tuple[list, list[str]]:
     """Validate every graph file of a data submission, then plan its cells (seed 0).
 
     Each file is checked against its task's graph (the model's shape only: no task data is
     generated) before anything else is loaded, so a malformed file is refused at once.
     """
+    from circuitboard.leaderboard import submission
+    from circuitboard.leaderboard.cell import Cell
+
     if args.task:
         problems = names.task_problems([args.task]) + submission.check_file(args.spec)
         manifest = {args.task: args.spec}
@@ -143,6 +144,9 @@ def previous(name: str, results) -> list[dict]:
 
 
 def main(args) -> int:
+    from circuitboard.leaderboard import rendering, runner
+    from circuitboard.leaderboard.submission import SubmissionError, check_name
+
     name = args.name
     problems = check_name(name, registered_names())
     try:
@@ -207,7 +211,7 @@ def main(args) -> int:
     return 0
 
 
-def _same_submission(record: dict, cells: list[Cell]) -> bool:
+def _same_submission(record: dict, cells: list) -> bool:
     """Whether a stored result comes from this submission (same code and parameters, or the
     same data file contents), so that resubmitting resumes instead of clashing."""
     stored = record["method"]

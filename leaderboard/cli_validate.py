@@ -23,11 +23,8 @@ from __future__ import annotations
 import sys
 import traceback
 
-from tabulate import tabulate
-
 from circuitboard.leaderboard import catalog
 from circuitboard.leaderboard.catalog import MethodSpec
-from circuitboard.leaderboard.cell import Cell, run_cell
 from circuitboard.leaderboard.cli_common import parse_params
 
 GT_ABLATIONS = ("zero", "resample", "mean", "counterfactual")
@@ -83,6 +80,10 @@ def verdict(gt: dict | None, args) -> tuple[bool, str]:
 
 
 def main(args) -> int:
+    from tabulate import tabulate
+
+    from circuitboard.leaderboard.cell import Cell, run_cell
+
     tasks = args.tasks or catalog.tracr_names()
     if not tasks:
         print(

@@ -25,8 +25,10 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
+from typing import TYPE_CHECKING
 
-from circuitboard.leaderboard.cell import Cell, run_cell
+if TYPE_CHECKING:
+    from circuitboard.leaderboard.cell import Cell
 
 EXECUTORS = ("local", "process", "ray")
 
@@ -88,6 +90,8 @@ def _pooled(cells, executor, workers, address, claim) -> Iterator[Outcome]:
 
 def _guarded(cell: Cell) -> tuple[dict | None, str | None]:
     """What a worker runs: the record, or the formatted traceback of what went wrong."""
+    from circuitboard.leaderboard.cell import run_cell
+
     try:
         return run_cell(cell), None
     except Exception:
@@ -95,6 +99,8 @@ def _guarded(cell: Cell) -> tuple[dict | None, str | None]:
 
 
 def _local(cells, stage, claim) -> Iterator[Outcome]:
+    from circuitboard.leaderboard.cell import run_cell
+
     for i, cell in enumerate(cells):
         if not claim(cell):
             yield Outcome(i, cell, busy=True)

@@ -20,17 +20,7 @@ from circuitboard.leaderboard import catalog, claims, store
 from circuitboard.leaderboard.catalog import MethodSpec
 from circuitboard.leaderboard.cell import Cell
 from circuitboard.leaderboard.executors import execute
-
-# The default run, sized for a few minutes on a 2-core CPU: the fast methods (the random
-# baseline, EAP, EAP-IG, ACDC) on every task that can run here, one seed. Edge Pruning and node
-# pruning train for hundreds of steps per circuit size (tens of minutes per Tracr program on
-# such a machine); name them, or pass ``--methods all``, to run them too.
-DEFAULT_METHODS = ("random", "eap", "eap-ig", "acdc")
-# ``--methods all``: every circuit-finding method and the random baseline; never the oracle
-# (``groundtruth``) or the full model (``full``), which are references, not methods.
-ALL_METHODS = ("random", "eap", "eap-ig", "acdc", "edge-pruning", "node-pruning")
-DEFAULT_SEEDS = 1
-DEFAULT_THREADS = 1
+from circuitboard.leaderboard.suite import ALL_METHODS, DEFAULT_METHODS, DEFAULT_SEEDS  # noqa: F401
 
 
 def default_methods() -> list[str]:

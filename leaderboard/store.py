@@ -18,7 +18,7 @@ import re
 import warnings
 from dataclasses import dataclass
 
-from circuitboard.graph import write_json_atomic
+from circuitboard import atomic
 
 SCHEMA = "circuitboard-result"
 # 2: at-most-budget curves on the budget grid of circuitboard.scoring, per-example metrics.
@@ -100,7 +100,7 @@ def write_result(record: dict, results: str | os.PathLike | None = None) -> str:
     if problem:
         raise ValueError(f"refusing to write a malformed result: {problem}")
     path = path_for(Key.from_dict(record["key"]), results)
-    write_json_atomic(path, json_safe(record))
+    atomic.write_text(path, json.dumps(json_safe(record), indent=1, allow_nan=False))
     return path
 
 
