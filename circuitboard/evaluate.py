@@ -119,6 +119,19 @@ def _tile(batch, k: int):
     )
 
 
+def _distinct(circuits: list[Circuit]) -> tuple[list[Circuit], torch.Tensor]:
+    """The distinct circuits (by edge set) and, for each circuit, its row among them."""
+    seen: dict[bytes, int] = {}
+    distinct, rows = [], []
+    for c in circuits:
+        key = c.keep.numpy().tobytes()
+        if key not in seen:
+            seen[key] = len(distinct)
+            distinct.append(c)
+        rows.append(seen[key])
+    return distinct, torch.tensor(rows, dtype=torch.long)
+
+
 def budgets_of(circuits: list[Circuit], budgets=None) -> tuple[list[int], list[int | None]]:
     """The budget grid of an evaluation and, per budget, the circuit returned for it.
 
@@ -181,7 +194,8 @@ def evaluate(
             )
     grid, own = budgets_of(circuits, budgets)
     pruned = [c.pruned() for c in circuits]
-    everything = [Circuit.empty(graph)] + pruned
+    # Identical circuits (a sweep's repeats, budgets that a method fills alike) run once.
+    distinct, row_of = _distinct([Circuit.empty(graph)] + pruned)
     batches = getattr(task, split)
     if not batches:
         raise ValueError(f"task {task.name!r} has no {split!r} split to evaluate on")
@@ -189,10 +203,10 @@ def evaluate(
     per_metric, per_kl, per_top, full = [], [], [], []
     for i, batch in enumerate(batches):
         ablated = for_batch(model, ablation, batch, reference=reference, seed=seed + i)
-        m, kl, top, f = _per_example(model, task, everything, batch, ablated, max_batch)
-        per_metric.append(m)
-        per_kl.append(kl)
-        per_top.append(top)
+        m, kl, top, f = _per_example(model, task, distinct, batch, ablated, max_batch)
+        per_metric.append(m[row_of])
+        per_kl.append(None if kl is None else kl[row_of])
+        per_top.append(None if top is None else top[row_of])
         full.append(f)
     m = torch.cat(per_metric, dim=1).double().cpu()  # [1 + circuits, examples]
     full_m = torch.cat(full).double().cpu()

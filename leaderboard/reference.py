@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from circuitboard.leaderboard import store
 
 TOLERANCE = 1e-3
+SHOWN = 10  # differing cells named one per line; the rest are counted
 COMPARED = (
     ("evaluation", "areas", "cpr"),
     ("evaluation", "areas", "cmd"),
@@ -38,7 +39,10 @@ class ReferenceReport:
             f"{TOLERANCE:g} (CPR, CMD, ground-truth AUC and F1)"
             + (f"; {len(self.absent)} cells not in the reference" if self.absent else "")
         ]
-        lines += [f"  DIFFERS {name}: {why}" for name, why in self.differ]
+        shown = self.differ[:SHOWN]
+        lines += [f"  DIFFERS {name}: {why}" for name, why in shown]
+        if len(self.differ) > len(shown):
+            lines.append(f"  ... and {len(self.differ) - len(shown)} more")
         return "\n".join(lines)
 
 
