@@ -76,8 +76,8 @@ def method_names() -> list[str]:
 
 
 def __getattr__(attr: str):
-    # Subpackages load on first use: cb.groundtruth, cb.methods, cb.tasks, cb.leaderboard, ...
-    if attr in {"groundtruth", "methods", "tasks", "leaderboard"}:
+    # Subpackages load on first use: cb.groundtruth, cb.methods, cb.tasks, cb.diagnostics, ...
+    if attr in {"groundtruth", "methods", "tasks", "leaderboard", "diagnostics"}:
         return importlib.import_module(f"circuitboard.{attr}")
     raise AttributeError(f"module 'circuitboard' has no attribute {attr!r}")
 
