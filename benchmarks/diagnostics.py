@@ -103,11 +103,13 @@ def main() -> None:
 
 
 def _self_repair_masks(graph, report) -> int:
-    """Masks ``self_repair`` ran: full, empty, each source's direct path, each head's knockout,
-    then per k the knockout, the removed heads' direct path and every other source's."""
+    """Masks ``self_repair`` ran: full, empty, each source's direct path (and each head's
+    knockout when it ranks by ablation), then per k the knockout, the removed heads' direct path
+    and every other source's."""
     n_heads = sum(1 for s in graph.sources if s.startswith("a") and s not in graph.dead)
     n_src = n_heads + sum(1 for s in graph.sources if s.startswith("m") and s not in graph.dead)
-    return 2 + n_src + n_heads + sum(2 + n_src - ko.k for ko in report.knockouts)
+    stage1 = 2 + n_src + (n_heads if report.ranking == "ablation" else 0)
+    return stage1 + sum(2 + n_src - ko.k for ko in report.knockouts)
 
 
 if __name__ == "__main__":

@@ -212,19 +212,23 @@ def self_repair(
             model, task, prepared, torch.stack(masks).double(), max_tokens=max_tokens
         )
 
-    # Stage 1: the full model, the empty circuit, each source's direct path, each head's knockout.
+    # Stage 1: the full model, the empty circuit, each source's direct path, and (to rank by
+    # single-head ablation) each head's knockout.
     base = [ones, ~ones] + [ones & ~edges_into_logits(graph, [s]) for s in readers]
-    base += [ones & ~edges_from(graph, [h]) for h in heads]
+    if used == "ablation":
+        base += [ones & ~edges_from(graph, [h]) for h in heads]
     m = run(base)
     full, empty = m[0], m[1]
     direct = {s: sign * (full - m[2 + i]) for i, s in enumerate(readers)}  # per example
-    drops = {
-        h: float((sign * (full - m[2 + len(readers) + i])).mean()) for i, h in enumerate(heads)
-    }
-    if used == "direct":
-        order = rank_heads(model, circuit, used, {h: float(direct[h].mean()) for h in heads})
-    else:
-        order = rank_heads(model, circuit, used, drops)
+    measured = None
+    if used == "ablation":
+        knocked_alone = m[2 + len(readers) :]
+        measured = {
+            h: float((sign * (full - knocked_alone[i])).mean()) for i, h in enumerate(heads)
+        }
+    elif used == "direct":
+        measured = {h: float(direct[h].mean()) for h in heads}
+    order = rank_heads(model, circuit, used, measured)
     gap = float(sign * (full - empty).mean())
 
     # Stage 2: per k, the knockout, the removed heads' direct path, and every other source's
