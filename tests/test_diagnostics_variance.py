@@ -63,6 +63,18 @@ def test_groups_far_apart_are_flagged_and_close_ones_are_not():
     assert not report.flagged and report.grouping("g").eta_squared < 0.1
 
 
+def test_separated_but_negligible_differences_are_not_flagged():
+    """Faithfulness near 0 in both groups: intervals tiny and apart, the difference 1e-4."""
+    circuit, empty, full, labels = _metrics_two_groups(shift=0.3)
+    tiny = circuit * 1e-3
+    report = variance_from_metrics(tiny, empty, full, {"g": labels}, n_boot=500)
+    a, b = report.grouping("g").group("a"), report.grouping("g").group("b")
+    assert b.ci_low > a.ci_high and b.faithfulness - a.faithfulness < 0.01
+    assert not report.flagged
+    strict = variance_from_metrics(tiny, empty, full, {"g": labels}, n_boot=500, min_difference=0)
+    assert strict.flagged
+
+
 def test_examples_without_a_gap_have_no_value():
     circuit = torch.tensor([1.0, 2.0, 3.0, 4.0])
     empty = torch.tensor([0.0, 1.0, 0.0, 0.0])

@@ -18,8 +18,10 @@ ones. For a task whose examples carry groupings (``Task.groupings``: IOI's ``ord
   equals its group's mean; with no spread at all (``SS_total = 0``) there is nothing to explain
   and it is 0;
 - **a flag** per grouping: ``differs`` is true when two groups' intervals do not overlap (the
-  lower end of one lies above the upper end of the other); the pairs are listed. Groups of fewer
-  than two examples have no interval and never raise the flag.
+  lower end of one lies above the upper end of the other) and their estimates differ by at least
+  ``min_difference`` (0.01 of faithfulness by default, so that a circuit near 0 everywhere, whose
+  intervals are tiny, is not flagged for differences of 1e-6); the pairs are listed. Groups of
+  fewer than two examples have no interval and never raise the flag.
 """
 
 from __future__ import annotations
@@ -144,6 +146,7 @@ def variance_from_metrics(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    min_difference: float = 0.01,
     **meta,
 ) -> VarianceReport:
     """The report from per-example metrics of the circuit, the empty circuit and the model.
@@ -199,7 +202,7 @@ def variance_from_metrics(
             )
         kept = [x for x, u in zip(raw, usable.tolist()) if u]
         eta = eta_squared(values, kept) if len(values) else float("nan")
-        separated = _separated(groups)
+        separated = _separated(groups, min_difference)
         groupings.append(GroupingVariance(key, groups, eta, bool(separated), separated))
     quantile = (
         (lambda q: float(torch.quantile(values, q))) if len(values) else (lambda q: float("nan"))
@@ -224,13 +227,15 @@ def variance_from_metrics(
     )
 
 
-def _separated(groups: list[GroupStats]) -> list[tuple[str, str]]:
-    """Pairs ``(higher, lower)`` whose intervals do not overlap."""
+def _separated(groups: list[GroupStats], min_difference: float) -> list[tuple[str, str]]:
+    """Pairs ``(higher, lower)`` whose intervals do not overlap and whose estimates differ by at
+    least ``min_difference``."""
     out = []
     with_ci = [g for g in groups if math.isfinite(g.ci_low) and math.isfinite(g.ci_high)]
     for a in with_ci:
         for b in with_ci:
-            if a is not b and a.ci_low > b.ci_high:
+            apart = a.faithfulness - b.faithfulness >= min_difference
+            if a is not b and a.ci_low > b.ci_high and apart:
                 out.append((a.level, b.level))
     return out
 
@@ -246,6 +251,7 @@ def group_variance(
     seed: int = 0,
     n_boot: int = 1000,
     level: float = 0.95,
+    min_difference: float = 0.01,
     max_tokens: int = MAX_TOKENS,
 ) -> VarianceReport:
     """Per-example and per-group faithfulness of ``circuit`` (after pruning) on ``split``.
@@ -283,6 +289,7 @@ def group_variance(
         n_boot=n_boot,
         seed=seed,
         level=level,
+        min_difference=min_difference,
         task=task.name,
         ablation=ablation,
         split=split if isinstance(split, str) else "+".join(split),
