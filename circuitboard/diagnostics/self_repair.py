@@ -186,8 +186,9 @@ def self_repair(
 
     ``ranking``: ``"scores"`` (the method's edge scores summed per head), ``"ablation"``
     (single-head knockouts), ``"direct"`` (clean direct effects) or ``"auto"`` (scores when the
-    circuit has them, else single-head knockouts). ``ks`` larger than
-    the number of heads in the circuit are dropped. All masks run in one set of batched passes.
+    circuit has them, else single-head knockouts). A ``k`` larger than the number of heads in the
+    circuit is dropped. The masks run in two rounds of batched passes: the clean direct effects
+    (and single-head knockouts), then every knockout with its direct paths.
     """
     if ranking not in RANKINGS:
         raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
