@@ -143,6 +143,20 @@ def test_batched_rows_match_one_pass_per_edge(ablation):
     assert report.median == pytest.approx(float(torch.quantile(values, 0.5)))
 
 
+def test_max_examples_takes_a_seeded_subset():
+    model, task = marker_model(), marker_task()
+    full = cb.Circuit.full(model.graph)
+    part = token_density(model, task, full, "zero", max_examples=5, progress=False)
+    assert part.n_pairs == 5 * N_POS
+    again = token_density(model, task, full, "zero", max_examples=5, progress=False)
+    assert [e.density for e in part.edges] == [e.density for e in again.edges]
+    # Every prompt still holds one MARK: the edge that reads it moves 1 of 4 positions.
+    assert part.density("input->m0") == pytest.approx(1 / N_POS)
+    assert token_density(model, task, full, "zero", max_examples=99, progress=False).n_pairs == 48
+    with pytest.raises(ValueError, match="max_examples must be a positive integer"):
+        token_density(model, task, full, "zero", max_examples=0, progress=False)
+
+
 def test_bad_arguments():
     model, task = marker_model(), marker_task()
     full = cb.Circuit.full(model.graph)

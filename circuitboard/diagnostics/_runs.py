@@ -48,6 +48,26 @@ def prepare(model, task, ablation: str, split, seed: int) -> list[Prepared]:
     return out
 
 
+def subsample(prepared: list[Prepared], max_examples: int | None, seed: int) -> list[Prepared]:
+    """At most ``max_examples`` examples of the split, a seeded choice kept in split order."""
+    total = sum(p.n for p in prepared)
+    if max_examples is None or max_examples >= total:
+        return prepared
+    if max_examples < 1:
+        raise ValueError(f"max_examples must be a positive integer or None, got {max_examples}")
+    chosen = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_examples]
+    keep = torch.zeros(total, dtype=torch.bool)
+    keep[chosen] = True
+    out, start = [], 0
+    for p in prepared:
+        rows = torch.nonzero(keep[start : start + p.n]).flatten()
+        start += p.n
+        if len(rows):
+            ablated = p.ablated if p.ablated.shape[0] == 1 else p.ablated[rows.to(p.ablated.device)]
+            out.append(Prepared(p.batch.select(rows), ablated))
+    return out
+
+
 def n_scored(task, length: int) -> int:
     """Scored positions per example: 1 for ``"last"``, ``length - 1`` for ``"after_bos"``."""
     return 1 if task.positions == "last" else length - 1

@@ -18,8 +18,11 @@ pairs at which ablating ``e`` alone moves the task metric by more than ``epsilon
 
 A circuit is summarised by its **median edge density** (with the mean and quartiles); run it on
 each method's circuits at one budget to see whether a method favours edges that act on few
-tokens. All ``n_edges x n_examples`` rows run in batched passes with one per-example edge mask
-per row (``[rows, n_edges]``, examples tiled), never a Python loop over edges x examples.
+tokens. The cost is ``(n_edges + 3) x n_examples`` patched rows; on a large graph
+``max_examples`` takes a seeded subset of the split (for a last-position task each density then
+has a binomial standard error of at most ``0.5 / sqrt(max_examples)``). The rows run in
+batched passes with one per-example edge mask per row (``[rows, n_edges]``, examples tiled),
+never a Python loop over edges x examples.
 """
 
 from __future__ import annotations
@@ -30,7 +33,14 @@ import torch
 from tqdm.auto import tqdm
 
 from circuitboard.diagnostics._json import json_ready
-from circuitboard.diagnostics._runs import MAX_TOKENS, n_scored, per_pair, prepare, run_rows
+from circuitboard.diagnostics._runs import (
+    MAX_TOKENS,
+    n_scored,
+    per_pair,
+    prepare,
+    run_rows,
+    subsample,
+)
 from circuitboard.graph import Circuit
 
 WITHIN = ("circuit", "model")
@@ -89,6 +99,7 @@ def token_density(
     within: str = "circuit",
     split: str | tuple[str, ...] = "test",
     seed: int = 0,
+    max_examples: int | None = None,
     max_tokens: int = MAX_TOKENS,
     progress: bool = True,
 ) -> DensityReport:
@@ -103,7 +114,7 @@ def token_density(
     pruned = circuit.pruned()
     edges = torch.nonzero(pruned.keep).flatten()
     base = pruned.keep.double() if within == "circuit" else torch.ones(graph.n_edges).double()
-    prepared = prepare(model, task, ablation, split, seed)
+    prepared = subsample(prepare(model, task, ablation, split, seed), max_examples, seed)
     # The reference values: the base state, the full model and the empty circuit per pair.
     anchors = torch.stack(
         [base, torch.ones(graph.n_edges).double(), torch.zeros(graph.n_edges).double()]
