@@ -82,7 +82,16 @@ _LAZY = {
     "Batch": "circuitboard.task",
     "Task": "circuitboard.task",
 }
-_SUBMODULES = {"groundtruth", "methods", "tasks", "leaderboard", "loaders", "scoring", "evaluate"}
+_SUBMODULES = {
+    "groundtruth",
+    "methods",
+    "tasks",
+    "leaderboard",
+    "loaders",
+    "scoring",
+    "evaluate",
+    "diagnostics",
+}
 
 
 def __getattr__(attr: str):

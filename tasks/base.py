@@ -14,6 +14,10 @@ every task, so the checks cannot differ between tasks:
   token, and a counterfactual to as many tokens as its clean prompt; otherwise an error names the
   example.
 - **Batches of one length.** Examples are grouped by length, one ``Batch`` per length.
+- **Declared groupings.** A spec lists its groupings and their levels (IOI: ``order`` ABBA/BABA,
+  ``template``); every example names its level in each, and a level the spec does not declare
+  is an error. Labelling an example draws nothing from the random stream, so the prompts of a
+  seed are the same with or without groupings.
 """
 
 from __future__ import annotations
@@ -32,12 +36,16 @@ TEST_BUCKETS = 4  # one prompt in four (by hash) may go to the test split
 
 @dataclass(frozen=True)
 class Example:
-    """One example as text. ``answer`` and ``distractor`` hold one or more one-token strings."""
+    """One example as text. ``answer`` and ``distractor`` hold one or more one-token strings.
+
+    ``groups`` names the example's level in each of its task's groupings (``{"order": "ABBA"}``).
+    """
 
     clean: str
     counterfactual: str
     answer: tuple[str, ...]
     distractor: tuple[str, ...]
+    groups: dict[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass
@@ -46,7 +54,8 @@ class TaskSpec:
 
     ``pools(tokenizer)`` returns the word pools, filtered to words that are one token for this
     tokenizer. ``variant`` is ``"main"`` (train and test) or ``"off"`` (the off-distribution
-    split, for tasks that have one).
+    split, for tasks that have one). ``groupings`` declares the task's groupings (name -> level
+    names, in order); ``sample`` labels each example with one level of each.
     """
 
     name: str
@@ -56,6 +65,7 @@ class TaskSpec:
     sample: Callable[[random.Random, dict, str], Example]
     has_off_distribution: bool = False
     min_pool: dict[str, int] = field(default_factory=dict)
+    groupings: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def in_test_bucket(task_name: str, text: str) -> bool:
@@ -154,24 +164,52 @@ def encode_example(
     return clean, counter, answer, distractor
 
 
+def group_codes(ex: Example, groupings: dict[str, tuple[str, ...]]) -> list[int]:
+    """The example's level code in each declared grouping, in declaration order; checked."""
+    if set(ex.groups) != set(groupings):
+        raise ValueError(
+            f"prompt {ex.clean!r} is labelled for groupings {sorted(ex.groups)}, but the task "
+            f"declares {sorted(groupings)}; label every example with one level of each"
+        )
+    codes = []
+    for key, levels in groupings.items():
+        label = ex.groups[key]
+        if label not in levels:
+            raise ValueError(
+                f"prompt {ex.clean!r}: level {label!r} of grouping {key!r} is not one of the "
+                f"declared levels {list(levels)}"
+            )
+        codes.append(levels.index(label))
+    return codes
+
+
 def tokenize(
-    examples: Sequence[Example], tokenizer, prepend_bos: bool = True, equal_lengths: bool = True
+    examples: Sequence[Example],
+    tokenizer,
+    prepend_bos: bool = True,
+    equal_lengths: bool = True,
+    groupings: dict[str, tuple[str, ...]] | None = None,
 ) -> list[Batch]:
-    """Encode examples and group them into one Batch per prompt length (shortest first)."""
-    groups: dict[int, list] = {}
+    """Encode examples and group them into one Batch per prompt length (shortest first).
+
+    With ``groupings``, each batch carries every example's level codes (``Batch.groups``).
+    """
+    by_length: dict[int, list] = {}
     cache: dict = {}
     for ex in examples:
         row = encode_example(ex, tokenizer, prepend_bos, equal_lengths, cache)
-        groups.setdefault(len(row[0]), []).append(row)
+        codes = group_codes(ex, groupings or {}) if groupings or ex.groups else None
+        by_length.setdefault(len(row[0]), []).append((*row, codes))
     batches = []
-    for length in sorted(groups):
-        rows = groups[length]
+    for length in sorted(by_length):
+        rows = by_length[length]
         batches.append(
             Batch(
                 clean=torch.tensor([r[0] for r in rows], dtype=torch.long),
                 counterfactual=torch.tensor([r[1] for r in rows], dtype=torch.long),
                 answer=_id_sets([r[2] for r in rows]),
                 distractor=_id_sets([r[3] for r in rows]),
+                groups=torch.tensor([r[4] for r in rows], dtype=torch.long) if groupings else None,
             )
         )
     return batches
@@ -211,7 +249,9 @@ def build_task(
     off = []
     if spec.has_off_distribution and n_off:
         off = draw(spec, pools, n_off, rng, "test", variant="off")
-    train_b, test_b = tokenize(train, tokenizer), tokenize(test, tokenizer)
+    groupings = spec.groupings
+    train_b = tokenize(train, tokenizer, groupings=groupings)
+    test_b = tokenize(test, tokenizer, groupings=groupings)
     check_disjoint(spec.name, train_b, test_b)
     return Task(
         name=spec.name,
@@ -220,6 +260,7 @@ def build_task(
         metric=spec.metric,
         positions="last",
         models=tuple(models),
-        off_distribution=tokenize(off, tokenizer) if off else [],
+        off_distribution=tokenize(off, tokenizer, groupings=groupings) if off else [],
         description=spec.description,
+        groupings=dict(groupings),
     )

@@ -7,6 +7,8 @@ counterfactual corrupts the argument names in the signature (fresh names, none o
 the clean ones), so the signature no longer tells which name comes next. The distractors are
 the signature's other arguments; the metric is the logit difference between the answer and
 their mean.
+
+Grouping: ``variant``, ``4-2`` (four arguments, two documented, the paper's prompt) or ``3-1``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def sample(rng: random.Random, pools: dict, variant: str = "main") -> Example:
         counterfactual=_render(func, fresh, args[:n_doc], desc),
         answer=(f" {answer}",),
         distractor=tuple(f" {a}" for a in args if a != answer),
+        groups={"variant": f"{n_args}-{n_doc}"},
     )
 
 
@@ -58,4 +61,5 @@ SPEC = TaskSpec(
     pools=pools,
     sample=sample,
     min_pool={"args": 10, "desc": 1, "funcs": 1},
+    groupings={"variant": ("4-2", "3-1")},
 )

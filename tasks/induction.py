@@ -4,6 +4,8 @@ The prompt is L random words (all different) followed by the first k of them aga
 is word k + 1, which only the earlier occurrence predicts ("... A B ... A" -> "B"). The
 counterfactual replaces the repeated part by fresh words, which breaks the repeat at the same
 length. The distractor is another word of the first part; the metric is the logit difference.
+
+Grouping: ``length``, the length L of the random sequence (8 or 10).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def sample(rng: random.Random, pools: dict, variant: str = "main") -> Example:
         counterfactual=_text(first + fresh),
         answer=(f" {answer}",),
         distractor=(f" {distractor}",),
+        groups={"length": str(length)},
     )
 
 
@@ -62,4 +65,5 @@ SPEC = TaskSpec(
     pools=pools,
     sample=sample,
     min_pool={"words": 30},
+    groupings={"length": tuple(str(n) for n in LENGTHS)},
 )

@@ -5,6 +5,10 @@ introduced; one (the subject, S) is repeated, and the model must name the other 
 object, IO). Both orders appear: ABBA (IO first) and BABA (S first). The counterfactual is the
 ABC prompt: the repeated subject is replaced by a third name, so nothing marks which of the
 first two names is the answer. Metric: logit difference IO - S at the last position.
+
+Groupings: ``order`` (ABBA: the IO comes first; BABA: the subject does) and ``template`` (the
+index of the template in ``TEMPLATES``), the two splits along which Wang et al. and later work
+found IOI circuits to behave differently.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ def pools(tokenizer) -> dict:
 def sample(rng: random.Random, pools: dict, variant: str = "main") -> Example:
     io, s, c = rng.sample(pools["names"], 3)
     template = rng.choice(TEMPLATES)
-    first, second = (io, s) if rng.random() < 0.5 else (s, io)  # ABBA or BABA
+    abba = rng.random() < 0.5
+    first, second = (io, s) if abba else (s, io)
     fill = {"A": first, "B": second, "place": rng.choice(pools["places"])}
     fill["obj"] = rng.choice(pools["objects"])
     return Example(
@@ -44,6 +49,7 @@ def sample(rng: random.Random, pools: dict, variant: str = "main") -> Example:
         counterfactual=template.format(S2=c, **fill),
         answer=(f" {io}",),
         distractor=(f" {s}",),
+        groups={"order": "ABBA" if abba else "BABA", "template": str(TEMPLATES.index(template))},
     )
 
 
@@ -54,4 +60,5 @@ SPEC = TaskSpec(
     pools=pools,
     sample=sample,
     min_pool={"names": 3, "places": 1, "objects": 1},
+    groupings={"order": ("ABBA", "BABA"), "template": tuple(str(i) for i in range(len(TEMPLATES)))},
 )

@@ -8,6 +8,11 @@ gender cue that points the wrong way. The same-gender prompts are the off-distri
 faithfulness is also reported there. The counterfactual replaces the referred-to name by one of
 the other gender, which flips the answer; the metric is the logit difference right - wrong
 pronoun.
+
+Groupings: ``pairing`` (``opposite``: the two names differ in gender, the main distribution;
+``same``: the off-distribution split), ``gender`` (the referred-to name's gender, hence the
+right pronoun) and ``template``. A breakdown by ``pairing`` needs both splits, e.g.
+``split=("test", "off_distribution")``.
 """
 
 from __future__ import annotations
@@ -51,6 +56,11 @@ def sample(rng: random.Random, pools: dict, variant: str = "main") -> Example:
         counterfactual=template.format(R=swapped, O=other, place=place),
         answer=(PRONOUN[gender],),
         distractor=(PRONOUN[other_gender],),
+        groups={
+            "pairing": "same" if variant == "off" else "opposite",
+            "gender": gender,
+            "template": str(TEMPLATES.index(template)),
+        },
     )
 
 
@@ -63,4 +73,9 @@ SPEC = TaskSpec(
     sample=sample,
     has_off_distribution=True,
     min_pool={"male": 3, "female": 3, "places": 1},
+    groupings={
+        "pairing": ("opposite", "same"),
+        "gender": ("female", "male"),
+        "template": tuple(str(i) for i in range(len(TEMPLATES))),
+    },
 )
