@@ -55,6 +55,7 @@ class Cell:
     n_boot: int = 1000
     device: str | None = None
     threads: int | None = None
+    diagnostics: bool = True
 
     @property
     def key(self) -> Key:

@@ -67,7 +67,14 @@ def add_suite(parser, *, seeds_default: int) -> None:
     parser.add_argument(
         "--no-robustness",
         action="store_true",
-        help="skip the robustness report (other ablations, off-distribution, controls)",
+        help="skip the robustness report (other ablations, off-distribution, controls, "
+        "diagnostics)",
+    )
+    parser.add_argument(
+        "--no-diagnostics",
+        action="store_true",
+        help="keep the robustness report but skip its diagnostics (variance by group, "
+        "self-repair, token density)",
     )
     parser.add_argument(
         "--n-boot",

@@ -74,6 +74,7 @@ def main(args) -> int:
         device=args.device,
         threads=args.threads,
         problems=problems,
+        diagnostics=not args.no_diagnostics,
     )
     for problem in problems:
         print(f"note: {problem}", file=sys.stderr)

@@ -133,6 +133,7 @@ def data_cells(args, name: str) -> tuple[list, list[str]]:
                     args.n_boot,
                     args.device,
                     args.threads,
+                    not args.no_diagnostics,
                 )
             )
     return cells, []
@@ -173,6 +174,7 @@ def main(args) -> int:
                 n_boot=args.n_boot,
                 device=args.device,
                 threads=args.threads,
+                diagnostics=not args.no_diagnostics,
             )
     old = previous(name, args.results)
     if old and not args.replace:

@@ -267,6 +267,31 @@ def markdown(df: pd.DataFrame, results: str, plots: dict, out: str) -> str:
                 ),
                 "",
             ]
+            diag_columns = [
+                "task",
+                "method",
+                "ablation",
+                "diagnosed_size",
+                "diagnosed_faithfulness",
+            ]
+            diag_columns += sorted(c for c in rob.columns if c.startswith("eta2_"))
+            diag_columns += ["flagged", "self_repair_k1", "self_repair_k2", "self_repair_k4"]
+            diag_columns += ["backup_heads", "negative_heads", "median_density"]
+            if "diagnosed_size" in rob:
+                lines += [
+                    "### Diagnostics",
+                    "",
+                    "On each cell's smallest circuit with faithfulness at least 0.9 (else its "
+                    "largest below all edges): `eta2_<grouping>` the share of the per-example "
+                    "variance the task's grouping explains, `flagged` whether groups differ "
+                    "beyond their intervals; `self_repair_k<k>` the compensation over the direct "
+                    "effect after knocking out the circuit's top k heads, whether the model shows "
+                    "backup or negative heads; `median_density` the median over the circuit's "
+                    "edges of the share of (example, position) pairs that edge alone moves.",
+                    "",
+                    _fmt(rob[rob["diagnosed_size"].notna()], diag_columns),
+                    "",
+                ]
     if skipped:
         lines += ["## Skipped result files", ""]
         lines += [f"- `{name}`: {reason}" for name, reason in skipped]

@@ -12,6 +12,12 @@ Computed per cell, from the cell's own circuits at the budget grid:
   a random model for one that never reads the model, any rerun of submitted data) is recorded
   as not applicable, never as a loss.
 
+- ``diagnostics`` (``circuitboard.diagnostics``), on one circuit per cell: the credited circuit
+  at the smallest budget whose faithfulness reaches ``DIAGNOSED_FAITHFULNESS`` (the method's
+  smallest "faithful" circuit), else at the largest budget below all edges: its variance by the
+  task's groupings (eta^2, a flag when groups differ beyond their intervals), self-repair after
+  knocking out its top heads (backup and negative heads), and its edges' token density.
+
 Edge Jaccard between seeds needs several cells and is computed by the tables from the stored
 circuits.
 """
@@ -30,7 +36,9 @@ STAGES = (
     "control: random circuits",
     "control: random model",
     "control: shuffled labels",
+    "diagnostics",
 )
+DIAGNOSED_FAITHFULNESS = 0.9
 
 
 def summary(evaluation: Evaluation) -> dict:
@@ -140,6 +148,56 @@ def report(method, bundle, cell, circuits, evaluation: Evaluation | None, step) 
                 verdict = scoring.compare(evaluation.per_example, control.per_example)
                 out["controls"][name] = {"applicable": True, **summary(control), **verdict}
         step(f"control: {name.replace('_', ' ')}")
+    out["diagnostics"] = (
+        diagnose(model, task, circuits, evaluation, cell) if cell.diagnostics else None
+    )
+    step("diagnostics")
+    return out
+
+
+def diagnosed_circuit(evaluation: Evaluation) -> int | None:
+    """Index of the circuit the diagnostics look at (see the module docstring), or None."""
+    n_edges = evaluation.n_edges_total
+    credited = [p for p in evaluation.curve if p["credited"] is not None]
+    for p in credited:
+        if p["faithfulness"] >= DIAGNOSED_FAITHFULNESS:
+            return p["credited"]
+    below = [p for p in credited if p["budget"] < n_edges]
+    return below[-1]["credited"] if below else None
+
+
+def diagnose(model, task, circuits, evaluation: Evaluation | None, cell) -> dict:
+    """The three diagnostics of ``circuitboard.diagnostics`` on the diagnosed circuit."""
+    from circuitboard import diagnostics
+
+    if evaluation is None:
+        return {"problem": "degenerate task: no faithful circuit to diagnose"}
+    index = diagnosed_circuit(evaluation)
+    if index is None:
+        return {"problem": "no circuit of the method fits a budget below all edges"}
+    circuit = circuits[index]
+    out: dict = {"circuit": index, "budget": circuit.info.get("budget"), "size": circuit.size}
+    split = ("test", "off_distribution") if task.off_distribution else "test"
+    runs = {
+        "variance": lambda: diagnostics.group_variance(
+            model, task, circuit, cell.ablation, split=split, seed=cell.seed, n_boot=cell.n_boot
+        ),
+        "self_repair": lambda: diagnostics.self_repair(
+            model, task, circuit, cell.ablation, seed=cell.seed, n_boot=cell.n_boot
+        ),
+        "token_density": lambda: diagnostics.token_density(
+            model, task, circuit, cell.ablation, seed=cell.seed, progress=False
+        ),
+    }
+    for name, run in runs.items():
+        try:
+            report = run()
+        except ValueError as err:  # e.g. a task without heads to knock out, or no groupings
+            out[name] = {"problem": str(err)}
+            continue
+        detail = {"per_example": False} if name == "variance" else {}
+        detail = {"per_edge": False} if name == "token_density" else detail
+        out[name] = {"summary": report.summary(), **report.to_dict(**detail)}
     return out
 
 

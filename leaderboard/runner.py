@@ -72,6 +72,7 @@ def plan(
     device: str | None = None,
     threads: int | None = None,
     problems: list[str] | None = None,
+    diagnostics: bool = True,
 ) -> list[Cell]:
     """The cells of a sweep, grouped by task so each task's model loads once per worker.
 
@@ -113,6 +114,7 @@ def plan(
                                 n_boot,
                                 device,
                                 threads,
+                                diagnostics,
                             )
                         )
     return cells

@@ -10,7 +10,8 @@ Every verdict in these tables (ranks, wins, control tests, ground-truth scores) 
 - ``groundtruth`` and ``groundtruth_summary``: scores against ground truth per program and per
   family of programs (``tracr/``, ``planted/``), with programs whose ground truth is empty kept
   apart;
-- ``robustness``: seed Jaccard, other ablations, off-distribution, controls.
+- ``robustness``: seed Jaccard, other ablations, off-distribution, controls, and the
+  diagnostics of one circuit per cell (variance by group, self-repair, token density).
 """
 
 from __future__ import annotations
@@ -287,6 +288,14 @@ def robustness(df: pd.DataFrame) -> pd.DataFrame:
             row[f"cpr_{ablation}"] = s.get("cpr")
         off = rob.get("off_distribution")
         row["cpr_off_distribution"] = off.get("cpr") if off else None
+        diag = rob.get("diagnostics") or {}
+        if "circuit" in diag:
+            row["diagnosed_size"] = diag.get("size")
+            for part in ("variance", "self_repair", "token_density"):
+                for column, value in ((diag.get(part) or {}).get("summary") or {}).items():
+                    if column == "faithfulness" or column == "std":
+                        column = f"diagnosed_{column}"
+                    row[column] = value
         for name in CONTROLS:
             control = (rob.get("controls") or {}).get(name) or {}
             row[f"cpr_{name}"] = control.get("cpr")
@@ -298,11 +307,15 @@ def robustness(df: pd.DataFrame) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
     table = pd.DataFrame(rows)
-    numeric = [c for c in table.columns if c not in GROUP and not c.startswith("beats_")]
+    flags = [c for c in ("flagged", "backup_heads", "negative_heads") if c in table]
+    numeric = [
+        c for c in table.columns if c not in GROUP and not c.startswith("beats_") and c not in flags
+    ]
     for col in numeric:
         table[col] = pd.to_numeric(table[col], errors="coerce")
     agg = {c: "mean" for c in numeric}
     agg.update({f"beats_{n}": _verdicts for n in CONTROLS if f"beats_{n}" in table})
+    agg.update({c: _verdicts for c in flags})
     table = table.groupby(GROUP).agg(agg).reset_index()
     jac = jaccard_between_seeds(list(df["record"]))
     if not jac.empty:

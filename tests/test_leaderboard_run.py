@@ -119,6 +119,15 @@ def test_robustness_report_and_controls():
         c = rob["controls"][name]
         assert c["applicable"] is True
         assert c["beats"] is (c["share_better"] >= scoring.SIGNIFICANCE)
+    # Diagnostics: on the smallest credited circuit that reaches faithfulness 0.9.
+    diag = rob["diagnostics"]
+    curve = record["evaluation"]["curve"]
+    first = next(p for p in curve if p["credited"] is not None and p["faithfulness"] >= 0.9)
+    assert diag["circuit"] == first["credited"] and diag["size"] == first["size"]
+    assert set(diag["self_repair"]["summary"]) >= {"self_repair_k1", "backup_heads"}
+    assert 0 <= diag["token_density"]["summary"]["median_density"] <= 1
+    row = tables.robustness(tables.frame([record])).iloc[0]
+    assert row["diagnosed_size"] == first["size"] and row["backup_heads"] in ("yes", "no")
     # Off-distribution: the same circuits on the off-distribution split.
     keep = [Circuit(bundle.model.graph, torch.ones(46, dtype=torch.bool))]
     off = evaluate(bundle.model, bundle.task, keep, "resample", split="off_distribution")
