@@ -259,13 +259,28 @@ class Graph:
             cols = self._node_reader_cols[node_pos]
             srcs = reached[: self.n_sources]
             reached[node_pos] = bool((dense[:, cols] & srcs[:, None]).any())
-        # Backward: useful[node].
-        useful = torch.zeros(n_nodes, dtype=torch.bool)
+        useful = self._useful(dense)
+        return keep & reached[self.edge_src] & useful[reader_owner[self.edge_reader]]
+
+    def useful_nodes(self, keep: torch.Tensor) -> torch.Tensor:
+        """Per node (``nodes`` order): whether a path of kept edges leads from it to ``logits``.
+
+        An edge into a reader of a node that is not useful cannot change the output.
+        """
+        keep = _as_bool_vector(keep, self.n_edges)
+        dense = torch.zeros(self.n_sources, self.n_readers, dtype=torch.bool)
+        dense.view(-1)[self.dense_index] = keep
+        return self._useful(dense)
+
+    def _useful(self, dense: torch.Tensor) -> torch.Tensor:
+        """Backward pass: useful[node] if a kept edge leaves it to a useful node."""
+        reader_owner = self._reader_owner
+        useful = torch.zeros(len(self.nodes), dtype=torch.bool)
         useful[-1] = True
         for node_pos in range(self.n_sources - 1, -1, -1):
             row = dense[node_pos]
             useful[node_pos] = bool((row & useful[reader_owner]).any())
-        return keep & reached[self.edge_src] & useful[reader_owner[self.edge_reader]]
+        return useful
 
     @cached_property
     def _reader_owner(self) -> torch.Tensor:

@@ -244,6 +244,27 @@ def _softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
     return x if cap is None else torch.tanh(x / cap) * cap
 
 
+def attention_scores(cfg, q, k, hidden=None, valid=None) -> torch.Tensor:
+    """Scaled, soft-capped and masked scores ``[..., batch, q, k]`` from ``[..., batch, pos, e]``.
+
+    ``hidden`` ``[q, k]`` marks positions out of view (causal, sliding window); ``valid``
+    ``[batch, k]`` marks real (not padded) keys.
+    """
+    scores = _softcap(q @ k.transpose(-1, -2) / cfg.attn_scale, cfg.attn_softcap)
+    if hidden is not None:
+        scores = scores.masked_fill(hidden, float("-inf"))
+    if valid is not None:
+        scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
+    return scores
+
+
+def softmax(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over keys, in float32 for low-precision scores (as HF does)."""
+    if scores.dtype in LOW_PRECISION:
+        return torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
+    return torch.softmax(scores, dim=-1)
+
+
 class _LayerNorm(nn.Module):
     def __init__(self, d_model: int) -> None:
         super().__init__()
@@ -643,17 +664,9 @@ class PatchableTransformer(HookedRootModule):
             cos, sin = context.rotary
             q = attn.hook_rot_q(_rope(q, cos, sin).permute(1, 2, 0, 3)).permute(2, 0, 1, 3)
             k = attn.hook_rot_k(_rope(k, cos, sin).permute(1, 2, 0, 3)).permute(2, 0, 1, 3)
-        scores = q @ k.transpose(-1, -2) / cfg.attn_scale  # [H, b, q, k]
-        scores = _softcap(scores, cfg.attn_softcap)
-        hidden = context.mask(layer)
-        if hidden is not None:
-            scores = scores.masked_fill(hidden, float("-inf"))
+        scores = attention_scores(cfg, q, k, context.mask(layer))  # [H, b, q, k]
         scores = attn.hook_attn_scores(scores.transpose(0, 1)).transpose(0, 1)
-        if scores.dtype in LOW_PRECISION:
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
-        else:
-            probs = torch.softmax(scores, dim=-1)
-        pattern = attn.hook_pattern(probs.transpose(0, 1)).transpose(0, 1)
+        pattern = attn.hook_pattern(softmax(scores).transpose(0, 1)).transpose(0, 1)
         z = attn.hook_z((pattern @ v).permute(1, 2, 0, 3))  # [b, p, H, e]
         if not per_head and not attn.hook_result.fwd_hooks:
             # Nobody needs the heads apart: one matmul sums them, as a plain GPT-2 does.
@@ -759,6 +772,84 @@ class PatchableTransformer(HookedRootModule):
                 result[heads] = proj
             out.append(result)
         return out
+
+    # ------------------------------------------------------------- partial passes (ACDC)
+    @cached_property
+    def stages(self) -> tuple[tuple[str, int], ...]:
+        """The points a partial pass can start at, in order: per layer ``("attn", l)`` then
+        ``("mlp", l)`` (``("block", l)`` for a parallel block, ``("attn", l)`` alone without
+        MLPs), then ``("logits", n_layers)``."""
+        out = []
+        for layer in range(self.cfg.n_layers):
+            if self.cfg.attn_only:
+                out.append(("attn", layer))
+            elif self.cfg.parallel_attn_mlp:
+                out.append(("block", layer))
+            else:
+                out += [("attn", layer), ("mlp", layer)]
+        out.append(("logits", self.cfg.n_layers))
+        return tuple(out)
+
+    @cached_property
+    def reader_stage(self) -> tuple[int, ...]:
+        """The stage each reader (in ``graph.readers`` order) belongs to."""
+        out = [0] * self.graph.n_readers
+        for i in range(len(self.stages)):
+            readers = self.stage_readers(i)
+            out[readers] = [i] * (readers.stop - readers.start)
+        return tuple(out)
+
+    def stage_readers(self, stage: int) -> slice:
+        kind, layer = self.stages[stage]
+        graph = self.graph
+        if kind == "logits":
+            return slice(graph.n_readers - 1, graph.n_readers)
+        if kind == "mlp":
+            r = graph.mlp_reader_index(layer)
+            return slice(r, r + 1)
+        attn = graph.attn_reader_slice(layer)
+        return slice(attn.start, attn.stop + (1 if kind == "block" else 0))
+
+    def stage_sources(self, stage: int) -> int:
+        """How many sources are computed before ``stage`` (all of them clean at its start)."""
+        kind, layer = self.stages[stage]
+        if kind == "logits":
+            return self.graph.n_sources
+        if kind == "mlp":
+            return self.graph.attn_sources_before(layer) + self.cfg.n_heads
+        return self.graph.attn_sources_before(layer)
+
+    def stage_hooks(self) -> list[tuple[str, int]]:
+        """The hook whose value is the residual entering each stage, with the stage."""
+        names = []
+        for i, (kind, layer) in enumerate(self.stages):
+            if kind == "logits":
+                names.append((f"blocks.{layer - 1}.hook_resid_post", i))
+            elif kind == "mlp":
+                names.append((f"blocks.{layer}.hook_resid_mid", i))
+            else:
+                names.append((f"blocks.{layer}.hook_resid_pre", i))
+        return names
+
+    def last_attention_stage(self) -> int:
+        return max(i for i, (kind, _) in enumerate(self.stages) if kind in ("attn", "block"))
+
+    def pass_context(self, pos: int, device, dtype) -> _PassContext:
+        return _PassContext(self, pos, device, dtype)
+
+    def stage_cache(self, tokens: torch.Tensor, ablated: torch.Tensor):
+        """The clean pass of ``tokens`` kept at every stage, for ``run_states``."""
+        from circuitboard.partial import stage_cache
+
+        return stage_cache(self, tokens, ablated)
+
+    def run_states(self, cache, stage: int, masks: torch.Tensor, last_only: bool = False):
+        """``(logits [U, n, P, d_vocab_out], index [w])``: the logits of ``w`` edge masks run
+        from ``stage`` on, from the clean activations in ``cache`` (``stage_cache``); state
+        ``s``'s are ``logits[index[s]]``. See ``circuitboard.partial``."""
+        from circuitboard.partial import run_states
+
+        return run_states(self, cache, stage, masks, last_only)
 
     # ------------------------------------------------------------------ conveniences
     @torch.no_grad()
