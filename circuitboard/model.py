@@ -63,6 +63,22 @@ POSITIONAL = ("learned", "rotary")
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+MODERN_FIELDS = (
+    "positional",
+    "rotary_dim",
+    "rotary_base",
+    "rotary_inv_freq",
+    "n_kv_heads",
+    "gated_mlp",
+    "parallel_attn_mlp",
+    "post_norms",
+    "attn_softcap",
+    "final_softcap",
+    "sliding_window",
+    "sliding_layers",
+)
+
+
 @dataclass
 class ModelConfig:
     """Shape and flavour of a decoder-only transformer; every feature is off by default.
@@ -183,7 +199,16 @@ class ModelConfig:
         return None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as JSON-able values; modern-decoder fields appear only where they differ
+        from their defaults, so configs written before those features existed are unchanged."""
+        out = asdict(self)
+        implied = {"n_kv_heads": self.n_heads, "rotary_dim": self.d_head}
+        for f in fields(self):
+            if f.name in MODERN_FIELDS:
+                default = implied.get(f.name, f.default)
+                if out[f.name] == default or out[f.name] is None:
+                    del out[f.name]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:

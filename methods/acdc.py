@@ -245,8 +245,8 @@ class _Context:
             return self.sign * task.score(logits, batch).double()
         if self.kind == "kl":
             # circuitboard.metrics.kl_divergence, with the full model's side computed once per
-            # batch and broadcast over the states (a test holds the two equal)
-            # sum p log q = sum p * logits - logsumexp(logits), as sum p = 1
+            # batch and broadcast over the states (a test holds the two equal):
+            # sum p log q = sum p * logits - logsumexp(logits), as sum p = 1; in float64
             x = scored(logits, task.positions).double()
             x = x.view(repeat, bc.n, *x.shape[1:])
             cross = (bc.full_probs * x).sum(-1) - torch.logsumexp(x, dim=-1)

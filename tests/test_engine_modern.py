@@ -199,3 +199,15 @@ def test_bad_modern_configs_are_refused():
         ModelConfig(**base, sliding_window=2, sliding_layers=[3])
     with pytest.raises(ValueError, match="positional must be one of"):
         ModelConfig(**base, positional="alibi")
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_modern_checkpoint_round_trip_is_exact(variant, tmp_path, tokens):
+    from circuitboard.loaders import checkpoint
+
+    model = random_model(**VARIANTS[variant])
+    checkpoint.save(model, tmp_path / "ckpt")
+    loaded = checkpoint.load(tmp_path / "ckpt")
+    assert loaded.cfg == model.cfg
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens), model(tokens))
