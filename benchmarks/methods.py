@@ -10,8 +10,8 @@ ground truth of the ablation used (from the method's edge scores, or for ACDC an
 through the circuits it returns for the MIB edge budgets; nan where the ground truth is empty).
 Then EAP and EAP-IG on a randomly initialised GPT-2-small-shaped model (batch 16, 20 tokens)
 with EAP's time over that of two plain forward passes and one backward pass of the same weights
-(target <= 1.3), and ACDC's speed-up over its reference loop on the largest Tracr model (the two
-must agree edge for edge).
+(target <= 1.3), ACDC's speed-up over its reference loop on the largest Tracr model (the two
+must agree edge for edge), and ACDC per threshold on two GPT-2 shapes (see ``bench_acdc_shapes``).
 """
 
 from __future__ import annotations
@@ -284,6 +284,77 @@ def bench_gpt2(args, device) -> None:
         )
 
 
+# ------------------------------------------------------------------------------- ACDC part
+def acdc_shape(n_layers: int, n_heads: int, d_model: int, d_vocab: int, device):
+    """A GPT-2-shaped model (LayerNorm, GELU, learned positions) with HF's random init."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from circuitboard.loaders.hf import convert_gpt2
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=n_layers, n_head=n_heads, n_embd=d_model, vocab_size=d_vocab)
+    return convert_gpt2(GPT2LMHeadModel(config)).to(device).eval()
+
+
+def bench_acdc_shapes(args, device) -> None:
+    """ACDC per threshold on two GPT-2 shapes (HF's random init, GPT-2's vocabulary, 64 prompts
+    x 32 random tokens, logit-difference task, so ACDC's KL), side by side with what each is
+    measured against:
+
+    - 4 layers x 8 heads, d_model 256 (1519 edges): seconds for one tau = 1e-4, divided by one
+      plain forward of the same batch (target <= 100);
+    - 2 layers x 4 heads, d_model 128 (110 edges): three taus, against the plain loop that runs
+      one partial forward per edge test at every position (``window=1,
+      last_position_only=False``: auto-circuit's way) and against the reference loop of full
+      patched passes (target >= 10x over the plain loop). All must make the same decisions.
+    """
+    prompts = 16 if args.quick else 64
+
+    def counts(c):
+        info = c.info
+        return f"{info['tests']} tests, {info['states_evaluated']} states, {info['passes']} passes"
+
+    big = acdc_shape(4, 8, 256, 50257, device)
+    task = gpt2_task(big, prompts, 32)
+    tokens = task.train[0].clean.to(device)
+    with torch.no_grad():
+        big(tokens)
+        plain = min(timed(lambda: big(tokens), device)[1] for _ in range(3))
+    tau = 1e-4
+    circuit, seconds = timed(lambda: methods.get("acdc").run(big, task, tau), device)
+    with torch.no_grad():
+        plain = min([plain] + [timed(lambda: big(tokens), device)[1] for _ in range(3)])
+    print(
+        f"\nACDC, 4 layers x 8 heads, d_model 256 ({big.graph.n_edges} edges), {len(tokens)} x "
+        f"{tokens.shape[1]} tokens, tau {tau}: {seconds:.1f}s ({counts(circuit)}, "
+        f"{circuit.size} edges kept); one plain forward {plain:.3f}s (best of 6, before and "
+        f"after); ratio {seconds / plain:.0f} (target <= 100); "
+        f"{seconds / plain / circuit.info['states_evaluated']:.3f} plain forwards per state",
+        flush=True,
+    )
+    small = acdc_shape(2, 4, 128, 50257, device)
+    task = gpt2_task(small, prompts, 32)
+    taus = (1e-4, 1e-3, 1e-2)
+    runs = {}
+    for name, params in (
+        ("fast", {}),
+        ("plain loop, one partial pass per test", {"window": 1, "last_position_only": False}),
+        ("reference loop, full passes", {"fast": False}),
+    ):
+        method = methods.get("acdc", thresholds=taus, **params)
+        runs[name] = timed(lambda method=method: method.sweep(small, task), device)
+        print(f"  ({name}: {runs[name][1]:.1f}s)", flush=True)
+    fast, t_fast = runs["fast"]
+    print(
+        f"ACDC, 2 layers x 4 heads, d_model 128 ({small.graph.n_edges} edges), {prompts} x 32 "
+        f"tokens, taus {taus} (sizes {[c.size for c in fast]}): fast {t_fast:.2f}s "
+        f"({'; '.join(counts(c) for c in fast)})"
+    )
+    for name, (circuits, t) in list(runs.items())[1:]:
+        same = all(torch.equal(a.keep, b.keep) for a, b in zip(fast, circuits, strict=True))
+        print(f"  {name}: {t:.2f}s, fast is {t / t_fast:.1f}x faster; same circuits: {same}")
+
+
 # ------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -298,11 +369,16 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--skip-tracr", action="store_true")
     parser.add_argument("--skip-gpt2", action="store_true")
+    parser.add_argument("--skip-acdc", action="store_true", help="skip the two ACDC shapes")
+    parser.add_argument("--only-acdc", action="store_true", help="only the two ACDC shapes")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"circuitboard methods benchmark on {device} ({torch.get_num_threads()} CPU threads)\n")
+    if args.only_acdc:
+        bench_acdc_shapes(args, device)
+        return 0
     if not args.skip_tracr:
         try:
             bench_tracr(args, device)
@@ -310,6 +386,8 @@ def main(argv=None) -> int:
             print(f"(Tracr part skipped: the ground truths are not available: {err})")
     if not args.skip_gpt2:
         bench_gpt2(args, device)
+    if not args.skip_acdc:
+        bench_acdc_shapes(args, device)
     return 0
 
 

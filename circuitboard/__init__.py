@@ -36,8 +36,8 @@ TASKS.add_namespace("std", "circuitboard.tasks:names", "circuitboard.tasks:load"
 def load_model(name: str, **kwargs):
     """A registered model (``tracr/reverse``, ``zoo/toy-lm``) or a local directory.
 
-    A directory holding a circuitboard checkpoint loads as one; any other directory is read as a
-    GPT-2-family model through HF transformers.
+    A directory holding a circuitboard checkpoint loads as one; any other directory is read as an
+    HF model (GPT-2, Pythia, Llama, Qwen2, Gemma-2) by ``loaders.from_hf``.
     """
     loaders = importlib.import_module("circuitboard.loaders")
     if os.path.isdir(name):

@@ -88,9 +88,9 @@ def ablated_values(
     if reference is None:
         index = derangement(batch, seed)
     else:
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)  # a CPU generator: the same draw on any device
         index = torch.randint(0, len(pool), (batch,), generator=gen)
-    return model.source_outputs(pool[index])
+    return model.source_outputs(pool[index.to(pool.device)])
 
 
 def _as_list(reference) -> list[torch.Tensor]:

@@ -5,6 +5,22 @@ write to the residual stream and *readers* that read from it (``a{l}.h{h}<q|k|v>
 ``logits``). An edge joins a source to every reader of a later node. This is the convention of
 EAP-IG and the MIB circuit track, so circuits move between those tools and circuitboard unchanged.
 
+Which readers exist, for every decoder family the engine runs:
+
+* every attention head has three readers, ``<q>``, ``<k>`` and ``<v>``, also under grouped-query
+  attention (Llama, Qwen2, Gemma-2): ``<k>`` and ``<v>`` are per *query* head, as
+  TransformerLens's split-qkv inputs (``ungroup_grouped_query_attention``) and the MIB circuit
+  track define them. The query heads that share a key/value head share its weights, not its
+  input: under patching each projects what its own ``<k>``/``<v>`` reader reads. The edge count
+  therefore does not depend on the number of key/value heads; with this convention
+  Qwen-2.5-0.5B (24 layers x 14 heads) has 179,749 edges, Gemma-2-2B (26 x 8) 74,218 and
+  Llama-3.1-8B (32 x 32) 1,592,881, MIB's counts.
+* a *parallel* block (Pythia/GPT-NeoX, ``parallel_attn_mlp``) computes attention and MLP from the
+  same layer input, so its MLP reads the sources before the layer (``input`` and earlier
+  layers), not the layer's own heads: there is no edge ``a{l}.h{h} -> m{l}``. Its heads still
+  reach ``m{l+1}`` and later readers. This is EAP-IG's ``parallel_attn_mlp``.
+* a sequential block's MLP reads every source before it, its own layer's heads included.
+
 Two orders are fixed here and used everywhere else:
 
 * the *dense* layout: sources along rows and readers along columns, which is what the engine
@@ -34,18 +50,23 @@ class Graph:
 
     ``dead`` names nodes (heads or MLPs) that carry no edges, such as the zero-weight padding of a
     Tracr model. Dead nodes keep their slot in the dense layout so that indices never shift.
+    ``parallel_attn_mlp``: each MLP reads its layer's input rather than its layer's heads (see
+    the module docstring); the node and reader lists are the same either way.
     """
 
     n_layers: int
     n_heads: int
     attn_only: bool = False
     dead: frozenset[str] = frozenset()
+    parallel_attn_mlp: bool = False
 
     def __post_init__(self) -> None:
         if self.n_layers < 1 or self.n_heads < 1:
             raise ValueError(
                 f"a graph needs n_layers >= 1 and n_heads >= 1, got {self.n_layers}, {self.n_heads}"
             )
+        if self.parallel_attn_mlp and self.attn_only:
+            raise ValueError("an attention-only graph has no MLPs to run in parallel")
         object.__setattr__(self, "dead", frozenset(self.dead))
         unknown = sorted(set(self.dead) - set(self.sources[1:]))
         if unknown:
@@ -108,6 +129,9 @@ class Graph:
         return 1 + layer * self.sources_per_layer
 
     def mlp_sources_before(self, layer: int) -> int:
+        """Number of sources the MLP of ``layer`` may read: its own heads too, unless parallel."""
+        if self.parallel_attn_mlp:
+            return self.attn_sources_before(layer)
         return self.attn_sources_before(layer) + self.n_heads
 
     def attn_reader_slice(self, layer: int) -> slice:
@@ -235,13 +259,28 @@ class Graph:
             cols = self._node_reader_cols[node_pos]
             srcs = reached[: self.n_sources]
             reached[node_pos] = bool((dense[:, cols] & srcs[:, None]).any())
-        # Backward: useful[node].
-        useful = torch.zeros(n_nodes, dtype=torch.bool)
+        useful = self._useful(dense)
+        return keep & reached[self.edge_src] & useful[reader_owner[self.edge_reader]]
+
+    def useful_nodes(self, keep: torch.Tensor) -> torch.Tensor:
+        """Per node (``nodes`` order): whether a path of kept edges leads from it to ``logits``.
+
+        An edge into a reader of a node that is not useful cannot change the output.
+        """
+        keep = _as_bool_vector(keep, self.n_edges)
+        dense = torch.zeros(self.n_sources, self.n_readers, dtype=torch.bool)
+        dense.view(-1)[self.dense_index] = keep
+        return self._useful(dense)
+
+    def _useful(self, dense: torch.Tensor) -> torch.Tensor:
+        """Backward pass: useful[node] if a kept edge leaves it to a useful node."""
+        reader_owner = self._reader_owner
+        useful = torch.zeros(len(self.nodes), dtype=torch.bool)
         useful[-1] = True
         for node_pos in range(self.n_sources - 1, -1, -1):
             row = dense[node_pos]
             useful[node_pos] = bool((row & useful[reader_owner]).any())
-        return keep & reached[self.edge_src] & useful[reader_owner[self.edge_reader]]
+        return useful
 
     @cached_property
     def _reader_owner(self) -> torch.Tensor:
@@ -257,7 +296,8 @@ class Graph:
     def describe(self) -> str:
         return (
             f"{self.n_layers} layers x {self.n_heads} heads"
-            f"{' (attention only)' if self.attn_only else ''}: "
+            f"{' (attention only)' if self.attn_only else ''}"
+            f"{' (parallel attention + MLP)' if self.parallel_attn_mlp else ''}: "
             f"{self.n_nodes} nodes, {self.n_edges} edges"
             + (f", {len(self.dead)} dead nodes" if self.dead else "")
         )
@@ -267,7 +307,7 @@ class Graph:
         return {
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,
-            "parallel_attn_mlp": False,
+            "parallel_attn_mlp": self.parallel_attn_mlp,
             "attn_only": self.attn_only,
             "dead": sorted(self.dead),
         }

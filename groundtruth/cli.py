@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from circuitboard.devices import add_device_argument, resolve_device
 from circuitboard.groundtruth import derive, programs, published, record, store
 from circuitboard.groundtruth.truth import KINDS, load
 
@@ -22,6 +23,7 @@ def add_arguments(parser) -> None:
         action="store_true",
         help="also derive every ground truth again and compare with the cache",
     )
+    add_device_argument(c)
     m = sub.add_parser("compile", help="compile programs with tracr and derive their circuits")
     m.add_argument("names", nargs="*", help="programs (default: all)")
     m.add_argument(
@@ -40,7 +42,7 @@ def main(args) -> int:
             print(f"{spec.name:18} {kind:11} {spec.description}")
         return 0
     if action == "check":
-        return check_main(args.names, args.recompute)
+        return check_main(args.names, args.recompute, resolve_device(args.device))
     print("usage: circuitboard groundtruth {check,compile,list} [NAME ...]")
     return 2
 
@@ -75,11 +77,13 @@ def _mark(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def check_main(names, recompute: bool = False) -> int:
+def check_main(names, recompute: bool = False, device=None) -> int:
     ok_all = True
     table = []
     for name in _names(names):
         gt = load(name)
+        if device is not None:
+            gt.model = gt.model.to(device)
         graph, data = gt.model.graph, gt.data()
         dead = f" ({len(graph.dead)} dead)" if graph.dead else ""
         print(

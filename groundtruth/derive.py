@@ -178,7 +178,7 @@ def _run_rows(model, toks, clean, ablated, masks, active, worst) -> None:
         out = model(toks.repeat(c, 1), rows, abl)
         change = (out - clean.repeat(c, 1, 1))[:, 1:].abs().reshape(c, -1)
         if change.shape[1]:
-            worst[rows_idx] = torch.maximum(worst[rows_idx], change.amax(1).double())
+            worst[rows_idx] = torch.maximum(worst[rows_idx], change.amax(1).double().cpu())
 
 
 def _one_off(keep: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

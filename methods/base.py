@@ -316,7 +316,7 @@ class frozen:
 
 def input_embeddings(model, tokens: torch.Tensor) -> torch.Tensor:
     """The ``input`` node's output (token plus position embeddings), as ``run`` computes it."""
-    return model.embed.W_E[tokens] + model.pos_embed.W_pos[: tokens.shape[1]]
+    return model.input_embeddings(tokens)
 
 
 def source_major_difference(ablated: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:

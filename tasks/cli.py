@@ -2,7 +2,7 @@
 
     circuitboard zoo list                 the models, their cards' accuracy per task
     circuitboard zoo train NAME [--seed S] [--steps N] [--out DIR] [--threads T]
-    circuitboard zoo eval NAME            re-measure a shipped model against its card
+    circuitboard zoo eval NAME [--device D]  re-measure a shipped model against its card
 
 Training is deterministic for a given seed, step count and thread count; run it under
 ``nice -n 19`` on a shared machine.
@@ -28,6 +28,9 @@ def add_arguments(parser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     e = sub.add_parser("eval", help="re-measure a zoo model and compare with its card")
     e.add_argument("name")
+    from circuitboard.devices import add_device_argument
+
+    add_device_argument(e)
 
 
 def main(args) -> int:
@@ -37,7 +40,7 @@ def main(args) -> int:
     if command == "train":
         return _train(args)
     if command == "eval":
-        return _eval(args.name)
+        return _eval(args.name, args.device)
     print("usage: circuitboard zoo {list,train,eval} ...", file=sys.stderr)
     return 2
 
@@ -123,12 +126,13 @@ def _train(args) -> int:
     return 0
 
 
-def _eval(name: str) -> int:
+def _eval(name: str, device=None) -> int:
+    from circuitboard.devices import resolve_device
     from circuitboard.tasks import zoo
     from circuitboard.tasks.evaluation import measure_all
 
     card = zoo.card(name)
-    measured = measure_all(zoo.load(name))
+    measured = measure_all(zoo.load(name).to(resolve_device(device)))
     worst = 0.0
     for task, entry in measured.items():
         stored = card.get("metrics", {}).get(task, {}).get("accuracy")

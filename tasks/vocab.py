@@ -1,4 +1,5 @@
-"""Tokenisers for the standard tasks: the zoo's word-level toy vocabulary, and GPT-2's BPE.
+"""Tokenisers for the standard tasks: the zoo's word-level toy vocabulary, and the tokenizer of
+any local HF model directory (GPT-2's BPE, Pythia, Llama, Qwen2, Gemma-2).
 
 Why a toy vocabulary that copies GPT-2's pre-tokenisation: a prompt written once as text then
 has the same token positions under both vocabularies (``" John"`` is one token in each, and so
@@ -152,17 +153,73 @@ class ToyTokenizer:
         return " ".join(self.words[i] for i in ids)
 
 
-class GPT2Tokenizer:
-    """GPT-2's BPE through HF ``transformers``, from local files only."""
+class HFTokenizer:
+    """The tokenizer in a local HF model directory (GPT-2, Pythia, Llama, Qwen2, Gemma-2, ...).
+
+    Prompts are encoded without special tokens; the task prepends ``bos_id``: the tokenizer's
+    BOS token, or, for tokenizers that have none (Qwen2), its end-of-text token, which is the
+    document separator such models are trained with. Answers and distractors are checked to be
+    one token under *this* tokenizer by the task builder, which names any that are not.
+    """
+
+    kind = "hf"
+
+    def __init__(self, hf_tokenizer, name: str = "hf") -> None:
+        self.hf = hf_tokenizer
+        bos = getattr(hf_tokenizer, "bos_token_id", None)
+        if bos is None:
+            bos = getattr(hf_tokenizer, "eos_token_id", None)
+        if bos is None:
+            raise ValueError(
+                f"the tokenizer of {name} has neither a BOS nor an end-of-text token to start "
+                f"prompts with; pass tokenizer= an object with encode, bos_id and name"
+            )
+        self.bos_id = int(bos)
+        self.name = name
+
+    @classmethod
+    def from_directory(cls, path: str) -> HFTokenizer:
+        """From a local model directory (``tokenizer.json``, or ``vocab.json`` + ``merges.txt``,
+        or a SentencePiece ``tokenizer.model``); never from the hub."""
+        if not os.path.isdir(path):
+            raise FileNotFoundError(
+                f"{path} is not a directory; give model_path= a local model directory holding "
+                f"its tokenizer files (tokenizer.json, or vocab.json and merges.txt)"
+            )
+        files = set(os.listdir(path))
+        if not (
+            "tokenizer.json" in files
+            or "tokenizer.model" in files
+            or {"vocab.json", "merges.txt"} <= files
+        ):
+            raise FileNotFoundError(
+                f"{path} holds no tokenizer: expected tokenizer.json, tokenizer.model, or "
+                f"vocab.json and merges.txt (as written by tokenizer.save_pretrained)"
+            )
+        from transformers import AutoTokenizer
+
+        return cls(AutoTokenizer.from_pretrained(path, local_files_only=True), name=path)
+
+    def __len__(self) -> int:
+        return len(self.hf)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.hf.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.hf.decode(list(ids))
+
+
+class GPT2Tokenizer(HFTokenizer):
+    """GPT-2's BPE through HF ``transformers``, from local files only; BOS is ``<|endoftext|>``."""
 
     kind = "gpt2"
 
     def __init__(self, hf_tokenizer, name: str = "gpt2") -> None:
-        self.hf = hf_tokenizer
+        super().__init__(hf_tokenizer, name)
         self.bos_id = hf_tokenizer.convert_tokens_to_ids(BOS)
         if self.bos_id is None or hf_tokenizer.convert_ids_to_tokens(self.bos_id) != BOS:
             raise ValueError(f"the GPT-2 tokenizer has no {BOS} token")
-        self.name = name
 
     @classmethod
     def from_files(cls, vocab_file: str, merges_file: str, name: str = "gpt2") -> GPT2Tokenizer:
@@ -177,33 +234,6 @@ class GPT2Tokenizer:
         if len(hf) < 256:
             raise ValueError(f"{vocab_file} and {merges_file} did not load as a GPT-2 tokenizer")
         return cls(hf, name)
-
-    @classmethod
-    def from_directory(cls, path: str) -> GPT2Tokenizer:
-        """From a local model directory (``tokenizer.json``, or ``vocab.json`` + ``merges.txt``)."""
-        if not os.path.isdir(path):
-            raise FileNotFoundError(
-                f"{path} is not a directory; give model_path= a local GPT-2 directory holding "
-                f"tokenizer.json or vocab.json and merges.txt"
-            )
-        files = set(os.listdir(path))
-        if "tokenizer.json" not in files and not {"vocab.json", "merges.txt"} <= files:
-            raise FileNotFoundError(
-                f"{path} holds no GPT-2 tokenizer: expected tokenizer.json, or vocab.json and "
-                f"merges.txt (as written by tokenizer.save_pretrained)"
-            )
-        from transformers import AutoTokenizer
-
-        return cls(AutoTokenizer.from_pretrained(path, local_files_only=True), name=path)
-
-    def __len__(self) -> int:
-        return len(self.hf)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.hf.encode(text, add_special_tokens=False))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.hf.decode(list(ids))
 
 
 def single_token(tokenizer, text: str) -> bool:

@@ -36,9 +36,9 @@ def test_fast_acdc_equals_reference(model_kw, task_kw, ablation, divergence, abs
     assert len(sizes) > 1  # the thresholds give different circuits, so the check has teeth
 
 
-def test_fast_acdc_skips_zero_weight_nodes_exactly():
-    # Tracr pads with heads and MLPs whose weights are all zero; the fast pass skips them. A
-    # zero head between live ones and a zero MLP exercise the bookkeeping around the gaps.
+def test_fast_acdc_is_exact_around_zero_weight_nodes():
+    # Tracr pads with heads and MLPs whose weights are all zero (outputs and ablated values
+    # exactly zero). A zero head between live ones and a zero MLP sit among the live ones.
     model = random_model(31, n_heads=3, n_layers=3)
     with torch.no_grad():
         attn = model.blocks[1].attn
@@ -92,19 +92,87 @@ def test_a_head_that_writes_nothing_is_removed_with_its_inputs():
         assert circuit.n_kept > 0
 
 
-def test_find_circuits_returns_nearest_sizes_from_a_sweep():
+def test_find_circuits_returns_the_largest_circuit_within_each_size():
+    """The at-most-budget rule: for size k, the largest swept circuit of size <= k after
+    pruning, else the empty circuit; never the nearest larger one."""
     model = random_model(29)
     task = random_task(model, 30, lengths=(5,))
     method = ACDC(thresholds=(1e-4, 1e-2, 0.05, 0.3, 10.0))
-    circuits = method.find_circuits(model, task, [0, 12, model.graph.n_edges])
-    sweep = circuits[0].info["sweep"]
-    assert [t for t, _ in sweep] == [1e-4, 1e-2, 0.05, 0.3, 10.0]
-    sizes = [s for _, s in sweep]
-    for c, k in zip(circuits, [0, 12, model.graph.n_edges], strict=True):
-        assert c.info["size"] == c.size
-        assert abs(c.size - k) == min(abs(s - k) for s in sizes)
-        assert c.info["requested"] == k and "forward" in c.info["cost"]
+    swept = [c.size for c in method.sweep(model, task)]
+    smallest = min(s for s in swept if s > 0)
+    between = sorted(set(swept))[-2] + 1  # just above the second-largest size
+    requested = [0, smallest - 1, smallest, between, model.graph.n_edges]
+    circuits = method.find_circuits(model, task, requested)
+    assert [t for t, _ in circuits[0].info["sweep"]] == [1e-4, 1e-2, 0.05, 0.3, 10.0]
+    assert [s for _, s in circuits[0].info["sweep"]] == swept
+    for c, k in zip(circuits, requested, strict=True):
+        fits = [s for s in swept if s <= k]
+        assert c.size == (max(fits) if fits else 0) <= k
+        assert c.info["size"] == c.size and c.info["requested"] == k
+        assert "forward" in c.info["cost"]
+    assert circuits[1].n_kept == 0 and circuits[1].info["tau"] == 10.0  # the empty sweep circuit
+    assert circuits[3].size == sorted(set(swept))[-2] < between
+    # no swept circuit fits: the empty circuit, with no threshold
+    alone = ACDC(thresholds=(1e-4,))
+    size = alone.sweep(model, task)[0].size
+    (empty,) = alone.find_circuits(model, task, [size - 1])
+    assert empty.n_kept == 0 and empty.info["tau"] is None and empty.info["size"] == 0
     with pytest.raises(ValueError, match="outside"):
         method.find_circuits(model, task, [model.graph.n_edges + 1])
     with pytest.raises(ValueError, match="divergence"):
         ACDC(divergence="js")
+
+
+MODERN = {
+    "llama": dict(n_heads=4, n_kv_heads=2, normalization="RMS", positional="rotary"),
+    "gemma": dict(
+        n_heads=4,
+        n_kv_heads=2,
+        normalization="RMS",
+        positional="rotary",
+        gated_mlp=True,
+        post_norms=True,
+        attn_softcap=3.0,
+        final_softcap=4.0,
+        sliding_window=3,
+        sliding_layers=[0],
+    ),
+    "pythia": dict(n_heads=4, positional="rotary", rotary_dim=2, parallel_attn_mlp=True),
+}
+
+
+@pytest.mark.parametrize("family", list(MODERN))
+def test_fast_acdc_equals_reference_on_modern_decoders(family):
+    """The partial passes serve RoPE, GQA, gated MLPs, post-norms, soft-caps, windows and
+    parallel blocks: same decisions as full patched passes."""
+    from conftest import random_model as engine_model
+
+    model = engine_model(40, dtype=torch.float64, d_vocab=10, **MODERN[family])
+    task = random_task(model, 41, lengths=(5, 4))
+    sizes = set()
+    for tau in (1e-3, 0.03):
+        ref = ACDC(fast=False).run(model, task, tau, "counterfactual")
+        fast = ACDC().run(model, task, tau, "counterfactual")
+        assert torch.equal(fast.keep, ref.keep), tau
+        sizes.add(ref.n_kept)
+    assert len(sizes) > 1
+
+
+def test_acdc_kl_loss_is_the_metrics_kl():
+    """ACDC computes KL(full || state) with the full side cached; it is metrics.kl_divergence."""
+    from circuitboard.methods.acdc import _Context
+    from circuitboard.methods.base import Cost, divergence
+
+    model = random_model(33)
+    task = random_task(model, 34, lengths=(5, 4))
+    ctx = _Context(model, task, "counterfactual", 0, "kl", Cost())
+    gen = torch.Generator().manual_seed(35)
+    for bc in ctx.batches:
+        logits = bc.full.repeat(3, 1, 1) + torch.randn(
+            3 * bc.n, *bc.full.shape[1:], generator=gen, dtype=bc.full.dtype
+        )
+        ours = ctx.losses(logits, bc, 3)
+        reference = divergence("kl", bc.full.repeat(3, 1, 1), logits, task.positions)
+        assert torch.allclose(ours, reference.double(), rtol=1e-9, atol=1e-12)
+        assert ours.min() > 1e-3
+        assert ctx.losses(bc.full, bc, 1).abs().max() <= 1e-12

@@ -68,8 +68,10 @@ def read_config(path: str | os.PathLike) -> dict:
     return data
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> PatchableTransformer:
-    """Load a checkpoint; the weights must match the config name for name and shape."""
+def load(path: str | os.PathLike, device: str | torch.device | None = None) -> PatchableTransformer:
+    """Load a checkpoint; the weights must match the config name for name and shape.
+
+    ``device``: where the model goes (default: it stays on the CPU, where it is read)."""
     data = read_config(path)
     cfg = ModelConfig.from_dict(data["config"])
     weights_file = os.path.join(os.fspath(path), WEIGHTS_FILE)
@@ -95,4 +97,4 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Patchab
             parts.append(f"shape mismatches {wrong[:5]}")
         raise ValueError(f"{path}: config and weights disagree: " + "; ".join(parts))
     model.load_state_dict(tensors)
-    return model.to(device).eval()
+    return (model if device is None else model.to(device)).eval()
