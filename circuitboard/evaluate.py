@@ -183,6 +183,7 @@ def evaluate(
     """
     check_ablation(ablation)
     start = time.perf_counter()
+    task.check_model(model)
     graph = model.graph
     for i, c in enumerate(circuits):
         if not isinstance(c, Circuit):

@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 import torch
+
+from circuitboard import atomic
 
 QKV = ("q", "k", "v")
 
@@ -52,6 +53,8 @@ class Graph:
     Tracr model. Dead nodes keep their slot in the dense layout so that indices never shift.
     ``parallel_attn_mlp``: each MLP reads its layer's input rather than its layer's heads (see
     the module docstring); the node and reader lists are the same either way.
+    ``model`` names the model the graph belongs to (its config's name): two models of one shape
+    have graphs that are not equal, so a circuit found on one is refused by the other.
     """
 
     n_layers: int
@@ -59,6 +62,7 @@ class Graph:
     attn_only: bool = False
     dead: frozenset[str] = frozenset()
     parallel_attn_mlp: bool = False
+    model: str = ""
 
     def __post_init__(self) -> None:
         if self.n_layers < 1 or self.n_heads < 1:
@@ -295,7 +299,8 @@ class Graph:
     # --------------------------------------------------------------------------- helpers
     def describe(self) -> str:
         return (
-            f"{self.n_layers} layers x {self.n_heads} heads"
+            (f"{self.model}: " if self.model else "")
+            + f"{self.n_layers} layers x {self.n_heads} heads"
             f"{' (attention only)' if self.attn_only else ''}"
             f"{' (parallel attention + MLP)' if self.parallel_attn_mlp else ''}: "
             f"{self.n_nodes} nodes, {self.n_edges} edges"
@@ -310,6 +315,7 @@ class Graph:
             "parallel_attn_mlp": self.parallel_attn_mlp,
             "attn_only": self.attn_only,
             "dead": sorted(self.dead),
+            "model": self.model,
         }
 
 
@@ -319,6 +325,12 @@ def _as_bool_vector(keep: torch.Tensor | Sequence[bool], n_edges: int) -> torch.
         raise ValueError(
             f"an edge vector must have shape ({n_edges},), one entry per edge in "
             f"graph.edge_names order; got {tuple(keep.shape)}"
+        )
+    if keep.dtype != torch.bool and not bool(((keep == 0) | (keep == 1)).all()):
+        odd = keep[~((keep == 0) | (keep == 1))][0].item()
+        raise ValueError(
+            f"a circuit keeps an edge (1) or not (0); got the value {odd!r}. Threshold a float "
+            f"mask yourself (mask > 0.5), or use Circuit.top_k on scores"
         )
     return keep.bool().cpu()
 
@@ -373,6 +385,12 @@ class Circuit:
         scores = torch.as_tensor(scores, dtype=torch.float64).cpu()
         if not 0 <= k <= graph.n_edges:
             raise ValueError(f"k must be between 0 and {graph.n_edges}, got {k}")
+        if scores.shape != (graph.n_edges,) or not bool(torch.isfinite(scores).all()):
+            bad = int((~torch.isfinite(scores)).sum()) if scores.numel() else 0
+            raise ValueError(
+                f"top_k needs {graph.n_edges} finite scores, one per edge; got shape "
+                f"{tuple(scores.shape)} with {bad} NaN or infinite"
+            )
         key = scores.abs() if absolute else scores
         order = torch.sort(key, descending=True, stable=True).indices
         keep = torch.zeros(graph.n_edges, dtype=torch.bool)
@@ -407,7 +425,10 @@ class Circuit:
         if not isinstance(other, Circuit):
             return NotImplemented
         if other.graph != self.graph:
-            raise ValueError("set operations need two circuits of the same graph")
+            raise ValueError(
+                f"set operations need two circuits of the same graph; got "
+                f"{self.graph.describe()} and {other.graph.describe()}"
+            )
 
     def __and__(self, other: Circuit) -> Circuit:
         self._check_same(other)
@@ -510,19 +531,6 @@ class Circuit:
 
 
 def write_json_atomic(path: str | os.PathLike, data: object) -> None:
-    """Write JSON through a temporary file and a rename, so no reader sees half a file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, allow_nan=False)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make results private
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON through a temporary file and a rename (``circuitboard.atomic``), so no reader
+    sees half a file and the file gets the user's umask."""
+    atomic.write_text(path, json.dumps(data, indent=1, allow_nan=False))

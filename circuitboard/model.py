@@ -227,6 +227,7 @@ def graph_of(cfg: ModelConfig) -> Graph:
         cfg.attn_only,
         frozenset(cfg.dead),
         parallel_attn_mlp=cfg.parallel_attn_mlp,
+        model=cfg.name,
     )
 
 
@@ -455,9 +456,14 @@ class PatchableTransformer(HookedRootModule):
             return None
         if isinstance(mask, Circuit):
             if mask.graph != self.graph:
-                raise ValueError("the circuit belongs to a different graph than this model")
+                raise ValueError(
+                    f"the circuit belongs to another graph ({mask.graph.describe()}) than this "
+                    f"model ({self.graph.describe()})"
+                )
             mask = mask.keep
         mask = torch.as_tensor(mask, device=self.device)
+        if mask.is_floating_point() and not bool(torch.isfinite(mask).all()):
+            raise ValueError("the edge mask holds NaN or infinite values; masks are finite floats")
         n = self.graph.n_edges
         if mask.shape not in ((n,), (batch, n)):
             raise ValueError(

@@ -91,6 +91,9 @@ class Batch:
         return replace(self, clean=self.counterfactual, counterfactual=self.clean)
 
 
+REGISTERED_PREFIXES = ("tracr", "zoo", "planted")
+
+
 @dataclass
 class Task:
     """A named task: splits, a metric with its direction, and where it is read.
@@ -182,6 +185,53 @@ class Task:
     def score(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The task metric per example, ``[n]``."""
         return metrics.TASK_METRICS[self.metric].fn(logits, batch, self.positions)
+
+    def check_model(self, model) -> None:
+        """Refuse a model this task cannot be scored on, naming what does not fit.
+
+        A task built for registered models (``tracr/...``, ``zoo/...``, ``planted/...``) refuses
+        another registered model; any task refuses a model whose vocabulary its tokens, answers
+        or targets do not fit.
+        """
+        name = getattr(model.cfg, "name", "") or ""
+
+        def registered(n: str) -> bool:
+            return n.split("/", 1)[0] in REGISTERED_PREFIXES and "/" in n
+
+        if (
+            self.models
+            and registered(name)
+            and all(registered(m) for m in self.models)
+            and name not in self.models
+        ):
+            raise ValueError(
+                f"task {self.name!r} was made for {', '.join(self.models)}, not for {name!r}; "
+                f"load the task for this model (cb.load_task(..., model={name!r}) or its own "
+                f"program's task)"
+            )
+        d_in, d_out = model.cfg.d_vocab, model.cfg.d_vocab_out
+        for split in ("train", "test", "off_distribution"):
+            for i, b in enumerate(getattr(self, split)):
+                where = f"task {self.name!r}, {split} batch {i}"
+                for field_name in ("clean", "counterfactual"):
+                    t = getattr(b, field_name)
+                    if t is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= d_in):
+                        raise ValueError(
+                            f"{where}: {field_name} token ids span [{int(t.min())}, "
+                            f"{int(t.max())}] but the model's vocabulary is [0, {d_in})"
+                        )
+                for field_name in ("answer", "distractor"):
+                    t = getattr(b, field_name)
+                    if t is not None and t.numel() and int(t.max()) >= d_out:
+                        raise ValueError(
+                            f"{where}: {field_name} ids reach {int(t.max())} but the model has "
+                            f"{d_out} outputs"
+                        )
+                if b.target is not None and b.target.shape[-1] != d_out:
+                    raise ValueError(
+                        f"{where}: targets have {b.target.shape[-1]} outputs but the model has "
+                        f"{d_out}"
+                    )
 
     def batches(self, split: str | tuple[str, ...] = "test") -> list[Batch]:
         """The batches of one split, or of several (``("test", "off_distribution")``) in order."""

@@ -177,6 +177,11 @@ def _check_one(graph, data, source: str, need_scores: bool | None):
     problems = []
     cfg = data.get("cfg")
     if isinstance(cfg, dict):
+        if cfg.get("model") and graph.model and cfg["model"] != graph.model:
+            problems.append(
+                f"{source}: cfg.model is {cfg['model']!r} but the task's model is {graph.model!r}; "
+                f"this graph was made for another model"
+            )
         for name in ("n_layers", "n_heads"):
             mine = getattr(graph, name)
             if name in cfg and cfg[name] != mine:

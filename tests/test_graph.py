@@ -137,3 +137,17 @@ def test_wrong_length_vectors_are_refused():
     graph = Graph(n_layers=1, n_heads=1)
     with pytest.raises(ValueError, match=r"shape \(8,\)"):
         Circuit(graph, torch.ones(5, dtype=torch.bool))
+
+
+def test_circuits_refuse_values_that_are_not_edges_kept_or_removed():
+    graph = Graph(n_layers=1, n_heads=1)
+    n = graph.n_edges
+    with pytest.raises(ValueError, match="keeps an edge .1. or not .0.; got the value 0.5"):
+        Circuit(graph, torch.full((n,), 0.5))
+    with pytest.raises(ValueError, match="got the value nan"):
+        Circuit(graph, torch.tensor([float("nan")] + [1.0] * (n - 1)))
+    assert Circuit(graph, torch.ones(n)).n_kept == n  # 0/1 floats are fine
+    scores = torch.arange(n, dtype=torch.float64)
+    scores[2] = float("nan")
+    with pytest.raises(ValueError, match="1 NaN or infinite"):
+        Circuit.top_k(graph, scores, 2)

@@ -205,5 +205,12 @@ def test_bad_inputs_get_clear_errors(tiny, tokens):
     with pytest.raises(ValueError, match="exceeds the model's n_ctx"):
         tiny(torch.zeros(1, 40, dtype=torch.long))
     other = random_model(n_layers=1)
-    with pytest.raises(ValueError, match="different graph"):
+    with pytest.raises(ValueError, match="belongs to another graph"):
         tiny(tokens, Circuit.full(other.graph), zeros)
+    # Another model of the very same shape: its circuits are not this model's.
+    twin = random_model(name="twin")
+    assert twin.graph.n_edges == n and twin.graph != tiny.graph
+    with pytest.raises(ValueError, match=r"another graph \(twin: "):
+        tiny(tokens, Circuit.full(twin.graph), zeros)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        tiny(tokens, torch.full((n,), float("nan")), zeros)

@@ -148,3 +148,18 @@ def test_accuracy_skips_positions_without_a_categorical_value():
     logits = torch.tensor([[[5.0, 0.0], [2.0, 1.0], [2.0, 1.0], [0.0, 3.0]]])
     batch = Batch(torch.zeros(1, 4, dtype=torch.long), target=target)
     assert metrics.accuracy(logits, batch, "after_bos").tolist() == [0.5]
+
+
+def test_a_task_for_another_model_is_refused():
+    import circuitboard as cb
+
+    model = cb.load_model("tracr/reverse")
+    other = cb.load_task("tracr/sort")
+    with pytest.raises(ValueError, match="made for tracr/sort, not for 'tracr/reverse'"):
+        evaluate(model, other, [Circuit.full(model.graph)], "resample")
+    # A task whose answers lie beyond the model's outputs is refused before any pass.
+    small = random_model()
+    task = _task()
+    task.test[0].answer[0] = small.cfg.d_vocab_out + 3
+    with pytest.raises(ValueError, match="answer ids reach 23 but the model has 20 outputs"):
+        evaluate(small, task, [Circuit.full(small.graph)], "counterfactual")
