@@ -75,6 +75,11 @@ def cluster(tmp_path_factory):
     port = _free_port()
     address = f"127.0.0.1:{port}"
     tests_dir = os.path.dirname(os.path.abspath(__file__))
+    # Token authentication off for this cluster and its driver, explicitly: otherwise Ray turns it
+    # on in whichever process finds a ~/.ray/auth_token (any earlier local ray.init writes one),
+    # and the head and the driver disagree.
+    saved_auth = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")]),
@@ -94,6 +99,10 @@ def cluster(tmp_path_factory):
             ray.shutdown()
         _stop(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+        if saved_auth is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved_auth
 
 
 def _nodes(address: str) -> int:
