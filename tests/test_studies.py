@@ -259,6 +259,14 @@ def test_seeds_study_same_seed_same_results_and_resumes_after_interrupt(tmp_path
         assert seeds.comparable(again) == records[u.key]
 
 
+def test_method_params_apply_to_every_method_or_to_one():
+    params = {"steps": 5, "edge-pruning.per_size": True, "node-pruning.lam": 0.1}
+    assert plumbing.method_params("edge-pruning", params) == {"steps": 5, "per_size": True}
+    assert plumbing.method_params("eap", params) == {"steps": 5}
+    (unit,) = seeds.plan(["node-pruning"], TASK, seeds=1, ablations=["mean"], params=params)
+    assert unit.method.params == {"steps": 5, "lam": 0.1}  # over the study's own steps
+
+
 def test_seeds_refuses_a_task_without_an_off_distribution_split():
     with pytest.raises(ValueError, match="off-distribution"):
         seeds.plan(["eap"], "tracr/reverse", seeds=1)

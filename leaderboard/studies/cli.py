@@ -39,7 +39,8 @@ def _common(p) -> None:
         "--param",
         action="append",
         metavar="KEY=VALUE",
-        help="a parameter for the methods (repeatable), e.g. --param steps=50",
+        help="a method parameter (repeatable): KEY=VALUE for every method, METHOD.KEY=VALUE "
+        "for one, e.g. --param edge-pruning.steps=300",
     )
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap draws (default 1000)")
     p.add_argument(
@@ -56,7 +57,14 @@ def add_arguments(parser) -> None:
         help="the seed population on and off distribution (Drori)",
         description=seeds.__doc__.split("\n\n")[0],
     )
-    p.add_argument("--methods", nargs="+", default=list(seeds.DEFAULT_METHODS), metavar="METHOD")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(seeds.DEFAULT_METHODS),
+        metavar="METHOD",
+        help="default: " + ", ".join(seeds.DEFAULT_METHODS) + " (with the study's settings, "
+        "seeds.STUDY_PARAMS, unless --param overrides them)",
+    )
     p.add_argument(
         "--task", default=seeds.DEFAULT_TASK, help="a task with an off-distribution split"
     )

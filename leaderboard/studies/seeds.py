@@ -614,9 +614,8 @@ def figures(rows: Sequence[dict], directory: str) -> dict[str, str]:
                 on = [s["on"][name] for s in kept if s["on"][name] is not None]
                 off = [s["off"][name] for s in kept if s["off"][name] is not None]
                 if not on and not off:
-                    ax.text(
-                        0.5, 0.5, "not defined for this task", ha="center", transform=ax.transAxes
-                    )
+                    why = "not defined for this task" if kept else "no seed kept"
+                    ax.text(0.5, 0.5, why, ha="center", transform=ax.transAxes)
                     ax.set_axis_off()
                     continue
                 lo = min(on + off + [0.0])
