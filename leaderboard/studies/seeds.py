@@ -639,25 +639,40 @@ def figures(rows: Sequence[dict], directory: str) -> dict[str, str]:
         out[f"{method} on {model}: scores across seeds"] = name
 
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100)
+        on_all, off_all, size_all = [], [], []
         for i, r in enumerate(part):
             kept = [s for s in r["per_seed"] if s["kept"]]
-            ax1.scatter(
-                [s["on"]["faithfulness"] for s in kept],
-                [s["off"]["faithfulness"] for s in kept],
-                label=f"{r['ablation']} ablation",
-                alpha=0.7,
-                s=18,
-            )
+            on = [s["on"]["faithfulness"] for s in kept]
+            off = [s["off"]["faithfulness"] for s in kept]
+            ax1.scatter(on, off, label=f"{r['ablation']} ablation", alpha=0.7, s=18)
             sizes = [s["size"] for s in kept]
-            ax2.scatter([i] * len(sizes), sizes, alpha=0.6, s=18)
+            jitter = torch.linspace(-0.15, 0.15, max(2, len(sizes)))[: len(sizes)].tolist()
+            ax2.scatter([i + j for j in jitter], sizes, alpha=0.6, s=18)
+            on_all, off_all, size_all = on_all + on, off_all + off, size_all + sizes
+        left = min(on_all + [FAITHFUL_ON]) - 0.05
+        bottom = min(off_all + [0.0]) - 0.05
+        top = max(off_all + [1.0]) + 0.05
+        ax1.axvspan(
+            FAITHFUL_ON,
+            1.05,
+            ymin=0,
+            ymax=(UNFAITHFUL_OFF - bottom) / (top - bottom),
+            color="C3",
+            alpha=0.08,
+            lw=0,
+        )
         ax1.axvline(FAITHFUL_ON, color="grey", lw=0.6, ls="--")
         ax1.axhline(UNFAITHFUL_OFF, color="grey", lw=0.6, ls="--")
+        ax1.set_xlim(left, 1.05)
+        ax1.set_ylim(bottom, top)
         ax1.set_xlabel("faithfulness on distribution (test)")
         ax1.set_ylabel("faithfulness off distribution")
-        ax1.set_title("each kept seed (bottom right: faithful on, not off)", fontsize=9)
+        ax1.set_title("each kept seed (shaded: faithful on, not off)", fontsize=9)
         ax1.legend(fontsize=7)
         ax2.set_xticks(range(len(part)), [f"{r['ablation']}" for r in part])
-        ax2.set_yscale("log")
+        ax2.set_xlim(-0.5, len(part) - 0.5)
+        if size_all and max(size_all) >= 20 * max(1, min(size_all)):
+            ax2.set_yscale("log")
         ax2.set_ylabel("circuit size (edges, after pruning)")
         ax2.set_title("circuit size across kept seeds", fontsize=9)
         fig.tight_layout()
@@ -677,6 +692,10 @@ def figures(rows: Sequence[dict], directory: str) -> dict[str, str]:
             ax.set_title(f"{r['ablation']}: mean {plumbing.fmt(r['jaccard_mean'])}", fontsize=9)
             ax.set_xlabel("kept seed")
             ax.set_ylabel("kept seed")
+            if len(r["kept_seeds"]) <= 25:
+                ticks = range(len(r["kept_seeds"]))
+                ax.set_xticks(ticks, r["kept_seeds"], fontsize=6)
+                ax.set_yticks(ticks, r["kept_seeds"], fontsize=6)
             fig.colorbar(image, ax=ax, fraction=0.046)
         fig.suptitle(f"{method} on {model}: edge Jaccard between seeds", fontsize=10)
         fig.tight_layout()
