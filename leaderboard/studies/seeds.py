@@ -574,8 +574,8 @@ def markdown(rows: Sequence[dict], figures: dict, settings: dict, missing: list[
             "",
             f"- seeds kept: {r['n_kept']} of {r['n_seeds']} "
             f"({r['n_reached']} reached the target at some budget)",
-            f"- faithful on distribution (>= {FAITHFUL_ON}): {r['n_faithful_on']}; also off it: "
-            f"{r['n_faithful_off']}; faithful on but not off (< {UNFAITHFUL_OFF}): "
+            f"- faithful (>= {FAITHFUL_ON}) on distribution: {r['n_faithful_on']}, off "
+            f"distribution: {r['n_faithful_off']}; faithful on but not off (< {UNFAITHFUL_OFF}): "
             f"{r['n_faithful_on_not_off']} (seeds {r['faithful_on_not_off_seeds']})",
             f"- time per seed: {plumbing.fmt(r['seconds_per_seed'])} s "
             f"(method {plumbing.fmt(r['method_seconds_per_seed'])} s)",
