@@ -201,7 +201,7 @@ def figures(rows, curves, dense: str, sparse: str, directory: str) -> dict[str, 
     n_edges = max(c["n_edges"] for c in curves)
     top = n_edges * 1.6
     fig, axes = plt.subplots(
-        len(levels), 1, figsize=(max(6, 0.5 * len(pairs) + 2), 2.9 * len(levels)), dpi=100
+        len(levels), 1, figsize=(max(7, 0.75 * len(pairs) + 2), 3.2 * len(levels)), dpi=100
     )
     axes = [axes] if len(levels) == 1 else axes
     for ax, level in zip(axes, levels):
@@ -234,7 +234,8 @@ def figures(rows, curves, dense: str, sparse: str, directory: str) -> dict[str, 
         ax.set_yscale("log")
         ax.set_ylim(0.8, top * 1.5)
         ax.set_ylabel(f"edges for f >= {level}")
-        ax.set_xticks(range(len(pairs)), [f"{t}\n{m}" for t, m in pairs], fontsize=6)
+        labels = [f"{t} / {m}" for t, m in pairs]
+        ax.set_xticks(range(len(pairs)), labels, fontsize=7, rotation=30, ha="right")
         ax.legend(fontsize=7)
     axes[0].set_title("sparse vs dense: edges needed (hatched: not reached)", fontsize=10)
     fig.tight_layout()
