@@ -206,6 +206,11 @@ def test_seeds_study_finds_both_circuits_and_counts_them(tmp_path):
     assert json.loads((tmp_path / "seeds.json").read_text())["rows"][0]["n_kept"] == len(kept)
 
 
+def finished(directory) -> list[str]:
+    """The finished records in a cells folder (claims and temporaries start with a dot)."""
+    return [n for n in os.listdir(directory) if n.endswith(".json") and not n.startswith(".")]
+
+
 def _volatile_free(summary: dict) -> dict:
     def strip(value):
         if isinstance(value, dict):
@@ -247,8 +252,7 @@ def test_seeds_study_same_seed_same_results_and_resumes_after_interrupt(tmp_path
     with pytest.raises(KeyboardInterrupt):
         seeds.run(_units(), broken, progress=False)
     monkeypatch.setattr(seeds, "run_seed", real)
-    stored = os.listdir(plumbing.cells_dir(broken))
-    assert len([n for n in stored if n.endswith(".json") and not n.startswith(".")]) == 2
+    assert len(finished(plumbing.cells_dir(broken))) == 2
     ran, resumed = seeds.run(_units(), broken, progress=False)
     assert ran.skipped == 2 and len(ran.written) == len(_units()) - 2
     assert _volatile_free(resumed) == _volatile_free(first)
@@ -285,14 +289,14 @@ def test_killed_seeds_study_resumes_with_the_same_report(tmp_path):
     cells = killed / "cells"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        done = [n for n in os.listdir(cells) if n.endswith(".json")] if cells.exists() else []
+        done = finished(cells) if cells.exists() else []
         if len(done) >= 2:
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.05)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
-    before = len([n for n in os.listdir(cells) if n.endswith(".json") and not n.startswith(".")])
+    before = len(finished(cells))
     assert 2 <= before < 8
     units = seeds.plan(
         ["node-pruning"], TASK, seeds=8, ablations=["mean"], params={"steps": 30}, n_boot=50
