@@ -24,6 +24,7 @@ COMMANDS = {
     "leaderboard": ("circuitboard.leaderboard.cli_render", "render tables and plots"),
     "submit": ("circuitboard.leaderboard.cli_submit", "submit a method (code or JSON)"),
     "validate": ("circuitboard.leaderboard.cli_validate", "score a method against Tracr"),
+    "study": ("circuitboard.leaderboard.studies.cli", "run a study of many cells"),
 }
 
 

@@ -42,6 +42,12 @@ circuit track of hannamw/MIB-circuit-track) it says so.
    ``MIN_AREA_DIFFERENCE`` in at least ``SIGNIFICANCE`` of the resamples; a method's rank is one
    plus the number of methods that rank above it, so methods that no test separates share a rank.
    The same paired test decides whether a method beats a control (``compare``).
+7. **Edges to reach a level** (``edges_to_reach``). The edges a method needs for faithfulness
+   ``f`` are the smallest budget whose at-most-budget value (rule 2) is at least ``f``; where no
+   budget reaches it the answer is "not reached" (``inf``), never a number. Since the curve
+   only rises with the budget, this is where it first crosses ``f``. Read from rule 2's curve, a
+   circuit over its budget can never make a method look smaller than it is, and the answer is
+   always a budget of the grid (Bhaskar et al. 2024 compare methods this way).
 
 The functions here are pure: tensors and numbers in, numbers out. ``PerExample`` is the data a
 rank needs, stored with each result, so tables recompute ranks from stored results alone.
@@ -169,6 +175,26 @@ def credit(
         values[:, b] = picked if criterion == "cpr" else (1 - picked).abs()
         chosen.append(int(index[0]))
     return chosen, values[0] if single else values
+
+
+# ----------------------------------------------------------------------- edges to a level
+def edges_to_reach(budgets: Sequence[int], values: torch.Tensor, level: float) -> torch.Tensor:
+    """Rule 7: the smallest budget whose at-most-budget value is at least ``level``.
+
+    ``values`` are ``credit``'s CPR values at ``budgets`` (``[B]``, or ``[D, B]`` for bootstrap
+    draws or seeds). Returns a float64 tensor (a scalar, or ``[D]``) of edge counts, ``inf``
+    where no budget reaches ``level``: "not reached", which a report must never print as a
+    number.
+    """
+    budgets = [int(b) for b in budgets]
+    v = torch.as_tensor(values, dtype=torch.float64)
+    if v.shape[-1] != len(budgets):
+        raise ValueError(f"{len(budgets)} budgets but {v.shape[-1]} curve values")
+    order = sorted(range(len(budgets)), key=lambda i: budgets[i])
+    sizes = torch.tensor([float(budgets[i]) for i in order], dtype=torch.float64)
+    reached = v[..., order] >= level
+    first = reached.to(torch.int8).argmax(-1)  # the first budget at or above the level
+    return torch.where(reached.any(-1), sizes[first], torch.tensor(math.inf, dtype=torch.float64))
 
 
 # -------------------------------------------------------------------------------- areas

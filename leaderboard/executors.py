@@ -12,7 +12,9 @@ go on; Ctrl-C (``KeyboardInterrupt``) stops the whole run, cancelling what is qu
   (circuitboard and the methods' code must be importable on the cluster's workers); Ray retries
   a task whose worker or node is lost.
 
-Every executor gives identical results: a cell is a pure function of its ``Cell``.
+Every executor gives identical results: a cell is a pure function of its ``Cell``. ``work``
+(default ``run_cell``) is what a cell is run with; studies pass their own, a module-level
+function ``work(cell, progress=None) -> dict`` so that it pickles to workers.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def execute(
     address: str | None = None,
     stage: Callable[[Cell, str], None] | None = None,
     claim: Callable[[Cell], bool] | None = None,
+    work: Callable | None = None,
 ) -> Iterator[Outcome]:
     """Run ``cells``; yields an ``Outcome`` per cell in the order they finish.
 
@@ -61,13 +64,13 @@ def execute(
     """
     claim = claim or (lambda cell: True)
     if executor == "local":
-        return _local(cells, stage, claim)
+        return _local(cells, stage, claim, work)
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
-    return _pooled(cells, executor, workers, address, claim)
+    return _pooled(cells, executor, workers, address, claim, work)
 
 
-def _pooled(cells, executor, workers, address, claim) -> Iterator[Outcome]:
+def _pooled(cells, executor, workers, address, claim, work=None) -> Iterator[Outcome]:
     todo = []
     for i, cell in enumerate(cells):
         if claim(cell):
@@ -77,7 +80,7 @@ def _pooled(cells, executor, workers, address, claim) -> Iterator[Outcome]:
     if not todo:
         return
     if executor == "process":
-        yield from _process(todo, workers)
+        yield from _process(todo, workers, work)
     if executor == "ray":
         try:
             import ray
@@ -85,34 +88,40 @@ def _pooled(cells, executor, workers, address, claim) -> Iterator[Outcome]:
             raise ImportError(
                 "the ray executor needs Ray: pip install ray (CPU-only; it does not pull torch)"
             ) from None
-        yield from _ray(ray, todo, workers, address)
+        yield from _ray(ray, todo, workers, address, work)
 
 
-def _guarded(cell: Cell) -> tuple[dict | None, str | None]:
-    """What a worker runs: the record, or the formatted traceback of what went wrong."""
+def _work(work: Callable | None) -> Callable:
+    """``work``, or ``run_cell`` (imported only when a cell runs: it brings torch)."""
+    if work is not None:
+        return work
     from circuitboard.leaderboard.cell import run_cell
 
+    return run_cell
+
+
+def _guarded(cell: Cell, work: Callable | None = None) -> tuple[dict | None, str | None]:
+    """What a worker runs: the record, or the formatted traceback of what went wrong."""
     try:
-        return run_cell(cell), None
+        return _work(work)(cell), None
     except Exception:
         return None, traceback.format_exc()
 
 
-def _local(cells, stage, claim) -> Iterator[Outcome]:
-    from circuitboard.leaderboard.cell import run_cell
-
+def _local(cells, stage, claim, work=None) -> Iterator[Outcome]:
+    work = _work(work)
     for i, cell in enumerate(cells):
         if not claim(cell):
             yield Outcome(i, cell, busy=True)
             continue
         progress = (lambda name, cell=cell: stage(cell, name)) if stage else None
         try:
-            yield Outcome(i, cell, record=run_cell(cell, progress))
+            yield Outcome(i, cell, record=work(cell, progress))
         except Exception:
             yield Outcome(i, cell, error=traceback.format_exc())
 
 
-def _process(todo, workers) -> Iterator[Outcome]:
+def _process(todo, workers, work=None) -> Iterator[Outcome]:
     """A spawn pool; if a worker process dies (killed, out of memory), the pool breaks, and the
     cells it held are run again in a fresh pool, up to ``MAX_ATTEMPTS`` times each."""
     attempts = {i: 0 for i, _ in todo}
@@ -126,7 +135,7 @@ def _process(todo, workers) -> Iterator[Outcome]:
             pending = {}
             for i in remaining:
                 attempts[i] += 1
-                pending[pool.submit(_guarded, cells[i])] = i
+                pending[pool.submit(_guarded, cells[i], work)] = i
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
@@ -152,7 +161,7 @@ def _process(todo, workers) -> Iterator[Outcome]:
         remaining = sorted(lost)
 
 
-def _ray(ray, todo, workers, address) -> Iterator[Outcome]:
+def _ray(ray, todo, workers, address, work=None) -> Iterator[Outcome]:
     """Ray tasks; a task whose worker process or node dies is retried by Ray itself
     (``max_retries``), and errors raised by a cell come back as its outcome."""
     started = False
@@ -171,7 +180,7 @@ def _ray(ray, todo, workers, address) -> Iterator[Outcome]:
         started = True
     remote = ray.remote(num_cpus=1, max_retries=MAX_ATTEMPTS - 1)(_guarded)
     cells = dict(todo)
-    refs = {remote.remote(cell): i for i, cell in todo}
+    refs = {remote.remote(cell, work): i for i, cell in todo}
     try:
         while refs:
             done, _ = ray.wait(list(refs), num_returns=1)
