@@ -15,10 +15,8 @@ import argparse
 import sys
 import warnings
 
-from circuitboard.ablation import ABLATIONS
-from circuitboard.leaderboard import names as names_module
-from circuitboard.leaderboard.cli_common import add_executor, parse_params, positive_int
-from circuitboard.leaderboard.studies import edges, plumbing, seeds, sparse_dense
+from circuitboard.leaderboard.cli_common import ABLATIONS, add_executor, parse_params, positive_int
+from circuitboard.leaderboard.studies import defaults
 
 
 def _level(text: str) -> float:
@@ -55,39 +53,39 @@ def add_arguments(parser) -> None:
     p = sub.add_parser(
         "seeds",
         help="the seed population on and off distribution (Drori)",
-        description=seeds.__doc__.split("\n\n")[0],
+        description=defaults.SEEDS_DESCRIPTION,
     )
     p.add_argument(
         "--methods",
         nargs="+",
-        default=list(seeds.DEFAULT_METHODS),
+        default=list(defaults.SEEDS_METHODS),
         metavar="METHOD",
-        help="default: " + ", ".join(seeds.DEFAULT_METHODS) + " (with the study's settings, "
+        help="default: " + ", ".join(defaults.SEEDS_METHODS) + " (with the study's settings, "
         "seeds.STUDY_PARAMS, unless --param overrides them)",
     )
     p.add_argument(
-        "--task", default=seeds.DEFAULT_TASK, help="a task with an off-distribution split"
+        "--task", default=defaults.SEEDS_TASK, help="a task with an off-distribution split"
     )
     p.add_argument(
-        "--models", nargs="+", metavar="MODEL", help="default: " + ", ".join(seeds.DEFAULT_MODELS)
+        "--models", nargs="+", metavar="MODEL", help="default: " + ", ".join(defaults.SEEDS_MODELS)
     )
-    p.add_argument("--seeds", type=positive_int, default=seeds.DEFAULT_SEEDS, metavar="N")
+    p.add_argument("--seeds", type=positive_int, default=defaults.SEEDS_COUNT, metavar="N")
     p.add_argument(
-        "--ablations", nargs="+", choices=ABLATIONS, default=list(seeds.DEFAULT_ABLATIONS)
+        "--ablations", nargs="+", choices=ABLATIONS, default=list(defaults.SEEDS_ABLATIONS)
     )
     p.add_argument(
         "--target",
         type=_level,
-        default=seeds.DEFAULT_TARGET,
+        default=defaults.SEEDS_TARGET,
         help="training faithfulness a seed's circuit must reach to be kept (default "
-        f"{seeds.DEFAULT_TARGET})",
+        f"{defaults.SEEDS_TARGET})",
     )
     p.add_argument(
         "--train-fraction",
         type=_level,
-        default=seeds.DEFAULT_TRAIN_FRACTION,
+        default=defaults.SEEDS_TRAIN_FRACTION,
         help="share of the training data in each seed's seeded subsample (default "
-        f"{seeds.DEFAULT_TRAIN_FRACTION})",
+        f"{defaults.SEEDS_TRAIN_FRACTION})",
     )
     p.add_argument(
         "--budgets", nargs="+", type=int, metavar="K", help="edge budgets (default: the grid)"
@@ -98,22 +96,22 @@ def add_arguments(parser) -> None:
     p = sub.add_parser(
         "sparse-vs-dense",
         help="edges needed for faithfulness in a weight-sparse vs a dense model (Gao et al.)",
-        description=sparse_dense.__doc__.split("\n\n")[0],
+        description=defaults.SPARSE_DENSE_DESCRIPTION,
     )
     p.add_argument("--methods", nargs="+", metavar="METHOD", help="default: every method")
     p.add_argument("--tasks", nargs="+", metavar="TASK", help="default: every task both solve")
-    p.add_argument("--dense", default=sparse_dense.DEFAULT_DENSE)
-    p.add_argument("--sparse", default=sparse_dense.DEFAULT_SPARSE)
+    p.add_argument("--dense", default=defaults.SPARSE_DENSE_DENSE)
+    p.add_argument("--sparse", default=defaults.SPARSE_DENSE_SPARSE)
     p.add_argument("--seeds", type=positive_int, default=1, metavar="N")
     p.add_argument("--ablation", choices=ABLATIONS, help="default: the task's counterfactual")
-    p.add_argument("--levels", nargs="+", type=_level, default=list(sparse_dense.DEFAULT_LEVELS))
+    p.add_argument("--levels", nargs="+", type=_level, default=list(defaults.SPARSE_DENSE_LEVELS))
     _common(p)
     p.set_defaults(_study=_sparse_dense)
 
     p = sub.add_parser(
         "edges-for-faithfulness",
         help="edges each method needs to reach a faithfulness level (Bhaskar et al.)",
-        description=edges.__doc__.split("\n\n")[0],
+        description=defaults.EDGES_DESCRIPTION,
     )
     p.add_argument(
         "--board",
@@ -125,7 +123,7 @@ def add_arguments(parser) -> None:
     p.add_argument("--tasks", nargs="+", metavar="TASK", help="run these cells first")
     p.add_argument("--seeds", type=positive_int, default=1, metavar="N")
     p.add_argument("--ablation", nargs="+", choices=ABLATIONS)
-    p.add_argument("--levels", nargs="+", type=_level, default=list(edges.DEFAULT_LEVELS))
+    p.add_argument("--levels", nargs="+", type=_level, default=list(defaults.EDGES_LEVELS))
     _common(p)
     p.set_defaults(_study=_edges)
 
@@ -152,6 +150,8 @@ def _options(args) -> dict:
 
 
 def _check_names(methods, tasks) -> list[str]:
+    from circuitboard.leaderboard import names as names_module
+
     return names_module.method_problems(list(methods or [])) + names_module.task_problems(
         list(tasks or [])
     )
@@ -164,6 +164,8 @@ def _fail(problems) -> int:
 
 
 def _seeds(args) -> int:
+    from circuitboard.leaderboard.studies import plumbing, seeds
+
     problems = _check_names(args.methods, [args.task])
     if problems:
         return _fail(problems)
@@ -189,6 +191,8 @@ def _seeds(args) -> int:
 
 
 def _sparse_dense(args) -> int:
+    from circuitboard.leaderboard.studies import plumbing, sparse_dense
+
     problems = _check_names(args.methods, args.tasks)
     if problems:
         return _fail(problems)
@@ -220,6 +224,7 @@ def _sparse_dense(args) -> int:
 
 def _edges(args) -> int:
     from circuitboard.leaderboard import store
+    from circuitboard.leaderboard.studies import edges, plumbing
 
     directory = plumbing.study_dir(edges.NAME, args.out)
     if args.methods or args.tasks:

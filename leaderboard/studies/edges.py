@@ -24,10 +24,10 @@ from tabulate import tabulate
 from circuitboard import scoring
 from circuitboard.leaderboard import runner, store
 from circuitboard.leaderboard.catalog import MethodSpec
-from circuitboard.leaderboard.studies import crossings, plumbing
+from circuitboard.leaderboard.studies import crossings, defaults, plumbing
 
-NAME = "edges-for-faithfulness"
-DEFAULT_LEVELS = (0.8, 0.9, 0.95)
+NAME = defaults.EDGES_NAME
+DEFAULT_LEVELS = defaults.EDGES_LEVELS
 
 
 def plan(

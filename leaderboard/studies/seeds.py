@@ -57,18 +57,18 @@ from circuitboard.evaluate import evaluate
 from circuitboard.leaderboard import catalog, scores
 from circuitboard.leaderboard.catalog import MethodSpec
 from circuitboard.leaderboard.cell import _seeded, check_circuits
-from circuitboard.leaderboard.studies import plumbing
+from circuitboard.leaderboard.studies import defaults, plumbing
 
-NAME = "seeds"
+NAME = defaults.SEEDS_NAME
 SCHEMA = "circuitboard-study-seeds"
 SCHEMA_VERSION = 1
 
-DEFAULT_METHODS = ("node-pruning", "edge-pruning")
-DEFAULT_TASK = "gendered-pronoun"
-DEFAULT_MODELS = ("zoo/toy-lm-sparse", "zoo/toy-lm")
-DEFAULT_ABLATIONS = ("zero", "mean")
-DEFAULT_SEEDS = 20
-DEFAULT_TARGET = 0.9
+DEFAULT_METHODS = defaults.SEEDS_METHODS
+DEFAULT_TASK = defaults.SEEDS_TASK
+DEFAULT_MODELS = defaults.SEEDS_MODELS
+DEFAULT_ABLATIONS = defaults.SEEDS_ABLATIONS
+DEFAULT_SEEDS = defaults.SEEDS_COUNT
+DEFAULT_TARGET = defaults.SEEDS_TARGET
 FAITHFUL_ON = 0.9
 UNFAITHFUL_OFF = 0.5
 DATA_SEED_OFFSET = 7919  # the data subsample's generator: seeded apart from the method's own
@@ -76,7 +76,7 @@ DATA_SEED_OFFSET = 7919  # the data subsample's generator: seeded apart from the
 # that a 20-seed study of one method on one model, both ablations, fits the speed target on a
 # 2-core CPU with the methods as they are now (see benchmarks/studies.py). Faster methods need
 # none of this: ``--train-fraction 1 --param steps=...`` gives them the full data and schedule.
-DEFAULT_TRAIN_FRACTION = 0.25
+DEFAULT_TRAIN_FRACTION = defaults.SEEDS_TRAIN_FRACTION
 STUDY_PARAMS = {
     "node-pruning": {"steps": 100},
     "edge-pruning": {"per_size": False, "steps": 100},

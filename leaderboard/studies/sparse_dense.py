@@ -23,12 +23,12 @@ from tabulate import tabulate
 from circuitboard import scoring
 from circuitboard.leaderboard import catalog, runner, store
 from circuitboard.leaderboard.catalog import MethodSpec
-from circuitboard.leaderboard.studies import crossings, edges, plumbing
+from circuitboard.leaderboard.studies import crossings, defaults, edges, plumbing
 
-NAME = "sparse-vs-dense"
-DEFAULT_DENSE = "zoo/toy-lm"
-DEFAULT_SPARSE = "zoo/toy-lm-sparse"
-DEFAULT_LEVELS = (0.8, 0.9)
+NAME = defaults.SPARSE_DENSE_NAME
+DEFAULT_DENSE = defaults.SPARSE_DENSE_DENSE
+DEFAULT_SPARSE = defaults.SPARSE_DENSE_SPARSE
+DEFAULT_LEVELS = defaults.SPARSE_DENSE_LEVELS
 
 
 def solved_by_both(dense: str, sparse: str) -> list[str]:
