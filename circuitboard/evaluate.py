@@ -72,22 +72,33 @@ class Evaluation:
         return out
 
 
+SHARED_MASK_BATCH = 32
+
+
 def _per_example(model, task, circuits, batch, ablated, max_batch: int):
     """Metric per (circuit, example), KL and top-1 agreement per (circuit, example)."""
     n = len(batch)
     clean = batch.clean.to(model.device)
     with torch.no_grad():
         full_logits = model(clean)
-        chunk = max(1, max_batch // n)
+        # A batch of many examples: one pass per circuit with its mask shared by the batch,
+        # which lets the engine give every reader of equal mask column one input (about 3x
+        # faster than per-example masks on the zoo models). A small batch (Tracr's lengths of
+        # a few inputs): circuits tiled along the batch with one mask per row, so that a pass
+        # is not spent on a handful of examples.
+        chunk = 1 if n >= SHARED_MASK_BATCH else max(1, max_batch // n)
         rows, kls, tops = [], [], []
         for start in range(0, len(circuits), chunk):
             group = circuits[start : start + chunk]
             k = len(group)
-            masks = torch.stack([c.mask(model.dtype) for c in group]).to(model.device)
-            masks = masks.repeat_interleave(n, dim=0)
-            abl = ablated if ablated.shape[0] == 1 else ablated.repeat(k, 1, 1, 1)
-            logits = model(clean.repeat(k, 1), masks, abl)
-            tiled = _tile(batch, k)
+            if k == 1:
+                logits = model(clean, group[0].mask(model.dtype).to(model.device), ablated)
+            else:
+                masks = torch.stack([c.mask(model.dtype) for c in group]).to(model.device)
+                masks = masks.repeat_interleave(n, dim=0)
+                abl = ablated if ablated.shape[0] == 1 else ablated.repeat(k, 1, 1, 1)
+                logits = model(clean.repeat(k, 1), masks, abl)
+            tiled = _tile(batch, k) if k > 1 else batch
             rows.append(task.score(logits, tiled).view(k, n))
             full = full_logits.repeat(k, 1, 1)
             if task.metric != "l2":  # no softmax KL on Tracr's one-hot outputs

@@ -163,3 +163,24 @@ def test_a_task_for_another_model_is_refused():
     task.test[0].answer[0] = small.cfg.d_vocab_out + 3
     with pytest.raises(ValueError, match="answer ids reach 23 but the model has 20 outputs"):
         evaluate(small, task, [Circuit.full(small.graph)], "counterfactual")
+
+
+def test_shared_mask_passes_equal_tiled_per_example_masks(monkeypatch):
+    from circuitboard import evaluate as evaluation
+
+    model = random_model()
+    gen = torch.Generator().manual_seed(8)
+    n = 40  # at least SHARED_MASK_BATCH: one pass per circuit, the mask shared by the batch
+    batch = Batch(*(torch.randint(0, 20, (n, 6), generator=gen) for _ in range(2)),
+                  torch.randint(0, 20, (n,), generator=gen),
+                  torch.randint(0, 20, (n,), generator=gen))  # fmt: skip
+    task = Task("wide", [batch], [batch], metric="logit_diff")
+    scores = torch.randn(model.graph.n_edges, generator=gen)
+    circuits = [Circuit.top_k(model.graph, scores, k) for k in (5, 20, 60)]
+    assert n >= evaluation.SHARED_MASK_BATCH
+    shared = evaluate(model, task, circuits, "counterfactual", n_boot=20)
+    monkeypatch.setattr(evaluation, "SHARED_MASK_BATCH", 10**9)
+    tiled = evaluate(model, task, circuits, "counterfactual", n_boot=20)
+    for a, b in zip(shared.points, tiled.points, strict=True):
+        assert a.faithfulness == pytest.approx(b.faithfulness, abs=1e-5)
+        assert a.kl == pytest.approx(b.kl, abs=1e-5)
