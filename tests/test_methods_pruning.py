@@ -64,16 +64,16 @@ def test_batched_budgets_train_the_gates_of_their_single_runs(samples):
 
 
 def test_a_budget_stops_once_its_mask_has_met_its_target():
+    # The rule counts from the end of the warm-up (step 100 of 200): a budget within its
+    # target for 4 steps from then stops at step 103 exactly; before the warm-up ends a mask
+    # under its budget does not count (the near-full budget is under it from the first steps).
     model = random_model(73)
     task = random_task(model, 74, lengths=(5,))
     n = model.graph.n_edges
-    method = EdgePruning(steps=200, stop_after=4, warmup=0.1)
+    method = EdgePruning(steps=200, stop_after=4, warmup=0.5)
     runs = method.train(model, task, [n // 2, n - 1], "zero", 0)
-    warm = round(0.1 * 200)
     for k, run in runs.items():
-        stop = run.stats["stopped_at"]
-        assert stop is not None and warm + 3 <= stop < 200, (k, stop)
-        assert run.stats["steps_trained"] == stop
+        assert run.stats["stopped_at"] == run.stats["steps_trained"] == 103, k
         assert int(method.deterministic(run.log_alpha).sum()) <= k
     # Without the rule every budget trains every step.
     fixed = EdgePruning(steps=12, stop_after=None).train(model, task, [n // 2], "zero", 0)
@@ -132,6 +132,9 @@ def test_selection_returns_the_most_faithful_trained_mask_that_fits():
     own = EdgePruning(select=False).find_circuits(model, task, sizes, "mean", 1)
     picked = EdgePruning().find_circuits(model, task, sizes, "mean", 1)
     by_size = {c.info["requested"]: c for c in own}
+    # Budget 8's own mask is less faithful than budget 16's thresholded at 8 (0.081 vs 0.046).
+    eight = picked[2]
+    assert eight.info["selected_from"] == 16 and eight.info["circuit_fit"] < eight.info["own_fit"]
     for c, k in zip(picked, sizes, strict=True):
         assert c.size <= k and c.info["circuit_fit"] <= c.info["own_fit"]
         source = c.info["selected_from"]
