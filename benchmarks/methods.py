@@ -17,6 +17,7 @@ must agree edge for edge).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import threading
@@ -284,6 +285,226 @@ def bench_gpt2(args, device) -> None:
         )
 
 
+# ------------------------------------------------------------- pruning part (Edge, node)
+# The new scoring rules (issue "The referee's rules"), as the pruning methods are judged by them:
+# one circuit per grid budget, a circuit over its budget after pruning scores as empty, the ROC
+# through the circuits' (FPR, TPR) points, F1 at the smallest budget >= the truth's size.
+def budget_grid(n_edges: int) -> list[int]:
+    """The referee's budget grid; ``circuitboard.scoring.budget_grid`` once it exists."""
+    try:
+        from circuitboard.scoring import budget_grid as referee_grid
+
+        return list(referee_grid(n_edges))
+    except ImportError:
+        pass
+    mib = [int(f * n_edges) for f in MIB_FRACTIONS]
+    if len(set(mib)) == len(mib) and min(mib) >= 1:
+        return mib
+    if n_edges <= 40:
+        return list(range(1, n_edges + 1))
+    logs = {int(round(float(x))) for x in torch.logspace(1, math.log10(n_edges), 20)}
+    return sorted(set(range(1, 11)) | logs | {k for k in mib if k >= 1})
+
+
+def referee_scores(graph, circuits, sizes, truth: torch.Tensor) -> dict:
+    """AUC through the circuits, F1 at the truth's size and exact recovery, new rules."""
+    pruned = [graph.prune(c.keep) for c in circuits]
+    over = [int(p.sum()) > k for p, k in zip(pruned, sizes, strict=True)]
+    credited = [torch.zeros_like(p) if o else p for p, o in zip(pruned, over, strict=True)]
+    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
+    out = {"over_budget": sum(over), "gt_size": n_pos}
+    out["exact"] = any(torch.equal(p, truth) for p in credited)
+    if n_pos == 0:
+        return out
+    points = sorted(
+        {(0.0, 0.0), (1.0, 1.0)}
+        | {(int((p & ~truth).sum()) / n_neg, int((p & truth).sum()) / n_pos) for p in credited}
+    )
+    out["auc"] = sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in zip(points, points[1:]))
+    at = min(k for k in sizes if k >= n_pos)
+    keep = credited[sizes.index(at)]
+    tp = int((keep & truth).sum())
+    precision, recall = tp / max(int(keep.sum()), 1), tp / n_pos
+    out["f1"] = 0.0 if tp == 0 else 2 * precision * recall / (precision + recall)
+    out["f1_budget"] = at
+    return out
+
+
+def validate(args, device) -> int:
+    """``--validate METHOD``: every Tracr program under the new rules, with seconds each."""
+    from circuitboard import groundtruth
+    from circuitboard.groundtruth.nodes import native_scores, node_sets, node_truth
+
+    torch.set_flush_denormal(True)
+    params = dict(p.split("=", 1) for p in args.param or [])
+    params = {k: _literal(v) for k, v in params.items()}
+    print(
+        f"validate {args.validate} {params or ''} under {args.validate_ablation} ablation, seed "
+        f"{args.seed}, new rules: PASS at AUC (circuits) >= 0.9 and F1 >= 0.9"
+    )
+    header = (
+        f"{'program':<18} {'edges':>5} {'budgets':>7} {'gt':>3} {'seconds':>8} {'AUC':>6} "
+        f"{'F1':>6} {'exact':>5} {'over':>4} {'result':<6} detail"
+    )
+    print(header + "\n" + "-" * len(header))
+    passed = failed = 0
+    total = time.perf_counter()
+    for name in groundtruth.names():
+        gt = groundtruth.load(name)
+        model, task = gt.model.to(device), gt.task
+        graph = model.graph
+        truth = graph.prune(gt.circuit(args.validate_ablation).keep)
+        sizes = budget_grid(graph.n_edges)
+        method = methods.get(args.validate, **params)
+        run = partial(method.find_circuits, model, task, sizes, args.validate_ablation, args.seed)
+        circuits, seconds = timed(run, device)
+        r = referee_scores(graph, circuits, sizes, truth)
+        detail = ""
+        if args.validate == "edge-pruning":
+            trained = [c for c in circuits if c.info.get("trained")]
+            met = sum(c.info["met_budget"] for c in trained)
+            steps = [c.info["steps_trained"] for c in trained]
+            detail = f"met {met}/{len(trained)}, steps {min(steps)}-{max(steps)}"
+        if args.validate == "node-pruning" and r["gt_size"]:
+            nodes = node_truth(model, gt.circuit(args.validate_ablation))
+            sets = node_sets(model, [c.native["nodes"] for c in circuits])
+            search = circuits[0].info["target_search"]
+            (at_target,) = node_sets(model, [search["nodes"]])
+            native = native_scores(nodes["keep"], sets + [at_target])
+            detail = (
+                f"nodes: truth {native['size']}/{native['n_nodes']}, AUC {native['auc_sets']:.3f}, "
+                f"F1 at target loss {native['per_set'][-1]['f1']:.3f} ({search['native_size']} "
+                f"nodes)"
+                + (f", truth's extra edges {nodes['extra_edges']}" if nodes["extra_edges"] else "")
+            )
+        if r["gt_size"]:
+            ok = r["auc"] >= 0.9 and r["f1"] >= 0.9 and not r["over_budget"]
+            auc, f1 = f"{r['auc']:.3f}", f"{r['f1']:.3f}"
+        else:  # empty truth: reported apart, judged by recovering the empty circuit
+            ok, auc, f1 = r["exact"], "–", "–"
+        passed += ok
+        failed += not ok
+        print(
+            f"{name:<18} {graph.n_edges:>5} {len(sizes):>7} {r['gt_size']:>3} {seconds:>8.2f} "
+            f"{auc:>6} {f1:>6} {str(r['exact']):>5} {r['over_budget']:>4} "
+            f"{'PASS' if ok else 'FAIL':<6} {detail}",
+            flush=True,
+        )
+    print(f"{passed}/{passed + failed} programs passed in {time.perf_counter() - total:.1f}s")
+    return 0 if failed == 0 else 1
+
+
+def _literal(text: str):
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def toy_gpt2(device, n_embd: int = 256, vocab: int = 1024):
+    """A randomly initialised HF GPT-2 with one layer of 16 heads: 83 edges."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from circuitboard.loaders.hf import convert_gpt2
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=1, n_head=16, n_embd=n_embd, vocab_size=vocab, n_positions=64,
+        bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    return convert_gpt2(GPT2LMHeadModel(config)).to(device).eval()
+
+
+def bench_edge_pruning_step(args, device) -> None:
+    """One Edge Pruning step with every budget of the 83-edge toy's grid batched, over one
+    patched forward and backward of the same (replicated) batch with per-example masks."""
+    from circuitboard.methods.base import Cost, divergence
+    from circuitboard.methods.edge_pruning import EdgePruning, _Trainer
+
+    model = toy_gpt2(device)
+    task = gpt2_task(model, 32, 20)
+    graph = model.graph
+    budgets = [k for k in budget_grid(graph.n_edges) if k < graph.n_edges]
+    method = EdgePruning(stop_after=None)
+    bs = method.batch_size
+    trainer = _Trainer(method, model, task, "counterfactual", 0, Cost())
+    short, long = 3, 3 + (2 if args.quick else 8)
+
+    def steps(n: int) -> float:
+        trainer.method = EdgePruning(steps=n, stop_after=None)
+        return timed(lambda: trainer.train(budgets), device)[1]
+
+    steps(1)  # warm-up (imports, allocator)
+    step = (steps(long) - steps(short)) / (long - short)  # per step, set-up cancelled out
+    batch = task.train[0]
+    rows = torch.arange(bs)
+    tokens = batch.clean[rows].to(device).repeat(len(budgets), 1)
+    prep = trainer.prepared[0]
+    ablated = prep.ablated[rows].repeat(len(budgets), 1, 1, 1)
+    full = trainer.full[0][rows].repeat(len(budgets), 1, 1)
+    mask = torch.rand(len(tokens), graph.n_edges, device=device, dtype=model.dtype)
+
+    def forward_backward(chunk: int | None = None):
+        m = mask.clone().requires_grad_(True)
+        step = chunk or len(tokens)
+        for i in range(0, len(tokens), step):
+            part = slice(i, i + step)
+            logits = model.run(tokens[part], m[part], ablated[part]).logits
+            divergence(trainer.kind, full[part], logits, task.positions).sum().backward()
+
+    chunk = max(1, method.max_examples // bs) * bs  # the trainer's passes: whole budgets
+    forward_backward()
+    reps = 3 if args.quick else 7
+    with frozen_params(model):
+        one = min(timed(forward_backward, device)[1] for _ in range(reps))
+        chunked = min(timed(partial(forward_backward, chunk), device)[1] for _ in range(reps))
+    print(
+        f"\nEdge Pruning step on the 83-edge toy GPT-2 (1 layer x 16 heads, d_model 256, vocab "
+        f"1024; {len(budgets)} budgets x {bs} examples x 20 tokens = {len(tokens)} sequences per "
+        f"step): {step * 1e3:.1f} ms per step; one patched forward + backward of the same batch "
+        f"in one pass {one * 1e3:.1f} ms (ratio {step / one:.2f}), in the trainer's passes of "
+        f"{chunk} sequences {chunked * 1e3:.1f} ms (ratio {step / chunked:.2f}; target <= 1.5)"
+    )
+
+
+class frozen_params:
+    def __init__(self, model) -> None:
+        self.params = [(p, p.requires_grad) for p in model.parameters()]
+
+    def __enter__(self):
+        for p, _ in self.params:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc) -> None:
+        for p, flag in self.params:
+            p.requires_grad_(flag)
+
+
+def bench_pruning_modes(args, device) -> None:
+    """Edge Pruning's budget grid batched in one run against one run per budget, side by side."""
+    from circuitboard import groundtruth
+
+    names = ["hist", "frac_prevs"] if args.quick else ["hist", "frac_prevs", "reverse", "sort"]
+    print("\nEdge Pruning, full budget grid, batched vs one run per budget (resample):")
+    for name in names:
+        gt = groundtruth.load(name)
+        model, task = gt.model.to(device), gt.task
+        sizes = budget_grid(model.graph.n_edges)
+        row = []
+        for mode in ("single", "batched"):
+            method = methods.get("edge-pruning", mode=mode)
+            _, seconds = timed(
+                partial(method.find_circuits, model, task, sizes, "resample", 0), device
+            )
+            row.append(seconds)
+        print(
+            f"  {name:<12} {len(sizes):>3} budgets: single {row[0]:7.2f}s, batched {row[1]:7.2f}s, "
+            f"speed-up {row[0] / row[1]:.1f}x"
+        )
+
+
 # ------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -298,11 +519,26 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--skip-tracr", action="store_true")
     parser.add_argument("--skip-gpt2", action="store_true")
+    parser.add_argument(
+        "--validate", metavar="METHOD", help="only: every Tracr program under the new rules"
+    )
+    parser.add_argument("--param", action="append", metavar="KEY=VALUE", help="for --validate")
+    parser.add_argument("--validate-ablation", default="resample")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--pruning", action="store_true", help="only: Edge Pruning step ratio and batched vs single"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"circuitboard methods benchmark on {device} ({torch.get_num_threads()} CPU threads)\n")
+    if args.validate:
+        return validate(args, device)
+    if args.pruning:
+        bench_edge_pruning_step(args, device)
+        bench_pruning_modes(args, device)
+        return 0
     if not args.skip_tracr:
         try:
             bench_tracr(args, device)
