@@ -6,10 +6,13 @@ carry it, that channel's write and read nodes, and the units of the source and o
 with a non-zero weight onto or from it. On Tracr models, whose weights are sparse in the
 residual basis, this is the compiled computation's channels, neurons and head channels.
 
-Its projection back onto edges is the edge ground truth, or a superset of it where one read
-channel of an attention layer feeds both a head's value and its query or key but only the latter
-matter (the node granularity cannot tell the two apart); ``node_truth`` reports those extra
-edges.
+The closure is structural: it also holds channels that carry the truth's edges but nothing that
+varies under the ablation (BOS or Tracr's ``one`` direction under resample or mean ablation).
+Its projection back onto edges is then the edge ground truth or a superset of it: on ``hist``,
+``dup_frac`` and ``sort_unique`` a head's key reads the constant BOS channel, so the closure
+keeps the embedding's BOS write, which the head's value reads too, adding ``input->a0.h0<v>``.
+``node_truth`` reports such extra edges. A node circuit can avoid them (removing the BOS write
+costs nothing under resample), so they do not cap a node method's edge scores.
 
 Native scores compare node sets (and, where given, a score per node) with it: precision,
 recall and F1 of each node set, the ROC AUC through the node sets (one (FPR, TPR) point per set
