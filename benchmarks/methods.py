@@ -2,6 +2,8 @@
 
     python benchmarks/methods.py            # every Tracr program, full settings
     python benchmarks/methods.py --quick    # two programs, short runs, a 4-layer GPT-2 shape
+    python benchmarks/methods.py --threads 1 --validate edge-pruning   # or node-pruning
+    python benchmarks/methods.py --threads 1 --pruning  # Edge Pruning step ratio, batched/single
 
 Prints, for each method on each compiled Tracr program: wall time, forward and backward passes
 (as the method counts them in ``circuit.info["cost"]``), peak memory (CUDA: peak allocated;
@@ -12,6 +14,12 @@ Then EAP and EAP-IG on a randomly initialised GPT-2-small-shaped model (batch 16
 with EAP's time over that of two plain forward passes and one backward pass of the same weights
 (target <= 1.3), and ACDC's speed-up over its reference loop on the largest Tracr model (the two
 must agree edge for edge).
+
+``--validate METHOD`` scores a method on every Tracr program under the referee's new rules (one
+circuit per grid budget, an over-budget circuit counts as empty, AUC through the circuits, F1 at
+the smallest budget >= the truth's size) and prints seconds per program; ``--pruning`` times one
+Edge Pruning step with every budget of the 83-edge toy's grid batched against one patched
+forward and backward of the same batch, and the batched grid against one run per budget.
 """
 
 from __future__ import annotations
