@@ -4,6 +4,7 @@
     python benchmarks/methods.py --quick    # two programs, short runs, a 4-layer GPT-2 shape
     python benchmarks/methods.py --threads 1 --validate edge-pruning   # or node-pruning
     python benchmarks/methods.py --threads 1 --pruning  # Edge Pruning step ratio, batched/single
+    python benchmarks/methods.py --threads 1 --zoo      # the pruning methods on zoo/toy-lm
 
 Prints, for each method on each compiled Tracr program: wall time, forward and backward passes
 (as the method counts them in ``circuit.info["cost"]``), peak memory (CUDA: peak allocated;
@@ -513,6 +514,43 @@ def bench_pruning_modes(args, device) -> None:
         )
 
 
+def at_most_budget_area(sizes, faithfulness, grid, n_edges: int) -> float:
+    """The referee's area: at each grid budget the best circuit of at most that size (0 if
+    none), a step function on a log axis over [1, n_edges], normalised to [0, 1]."""
+    best = []
+    for b in grid:
+        fits = [f for s, f in zip(sizes, faithfulness, strict=True) if s <= b]
+        best.append(max(fits) if fits else 0.0)
+    ends = grid[1:] + [n_edges]
+    total = sum((math.log(e) - math.log(b)) * v for b, e, v in zip(grid, ends, best, strict=True))
+    return total / math.log(n_edges)
+
+
+def bench_zoo(args, device) -> None:
+    """``--zoo``: node pruning, Edge Pruning and EAP on the standard tasks on zoo/toy-lm with
+    the referee's budget grid (counterfactual ablation): seconds and the at-most-budget area."""
+    model = cb.load_model("zoo/toy-lm").to(device)
+    grid = budget_grid(model.graph.n_edges)
+    print(
+        f"\nzoo/toy-lm ({model.graph.n_edges} edges, {len(grid)} budgets), counterfactual; "
+        f"seconds per task and the at-most-budget faithfulness area (log axis, test split):"
+    )
+    names = ["ioi", "greater-than"] if args.quick else list(cb.tasks.names())
+    for name in names:
+        task = cb.load_task(name, model="zoo/toy-lm")
+        row = []
+        for method_name in ("node-pruning", "edge-pruning", "eap"):
+            method = methods.get(method_name)
+            run = partial(method.find_circuits, model, task, grid, "counterfactual", 0)
+            circuits, seconds = timed(run, device)
+            over = sum(c.size > k for c, k in zip(circuits, grid, strict=True))
+            ev = cb.evaluate(model, task, circuits, "counterfactual", n_boot=10)
+            faith = [p.faithfulness for p in ev.points]
+            area = at_most_budget_area([c.size for c in circuits], faith, grid, model.graph.n_edges)
+            row.append(f"{method_name} {seconds:6.1f}s area {area:.3f} over {over}")
+        print(f"  {name:<17} " + " | ".join(row), flush=True)
+
+
 # ------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -536,6 +574,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--pruning", action="store_true", help="only: Edge Pruning step ratio and batched vs single"
     )
+    parser.add_argument("--zoo", action="store_true", help="only: the pruning methods on toy-lm")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -543,6 +582,9 @@ def main(argv=None) -> int:
     print(f"circuitboard methods benchmark on {device} ({torch.get_num_threads()} CPU threads)\n")
     if args.validate:
         return validate(args, device)
+    if args.zoo:
+        bench_zoo(args, device)
+        return 0
     if args.pruning:
         bench_edge_pruning_step(args, device)
         bench_pruning_modes(args, device)
