@@ -2,6 +2,9 @@
 
     python benchmarks/methods.py            # every Tracr program, full settings
     python benchmarks/methods.py --quick    # two programs, short runs, a 4-layer GPT-2 shape
+    python benchmarks/methods.py --threads 1 --validate edge-pruning   # or node-pruning
+    python benchmarks/methods.py --threads 1 --pruning  # Edge Pruning step ratio, batched/single
+    python benchmarks/methods.py --threads 1 --zoo      # the pruning methods on zoo/toy-lm
 
 Prints, for each method on each compiled Tracr program: wall time, forward and backward passes
 (as the method counts them in ``circuit.info["cost"]``), peak memory (CUDA: peak allocated;
@@ -12,6 +15,13 @@ Then EAP and EAP-IG on a randomly initialised GPT-2-small-shaped model (batch 16
 with EAP's time over that of two plain forward passes and one backward pass of the same weights
 (target <= 1.3), ACDC's speed-up over its reference loop on the largest Tracr model (the two
 must agree edge for edge), and ACDC per threshold on two GPT-2 shapes (see ``bench_acdc_shapes``).
+
+``--validate METHOD`` scores a method on every Tracr program under the referee's rules
+(``circuitboard.scoring``: one circuit per grid budget, an over-budget circuit is never credited,
+AUC through the circuits, F1 at the smallest budget >= the truth's size) and prints seconds per
+program; ``--pruning`` times one Edge Pruning step with every budget of the 83-edge toy's grid
+batched against one patched forward and backward of the same batch, and the batched grid against
+one run per budget.
 """
 
 from __future__ import annotations
@@ -26,10 +36,7 @@ from functools import partial
 import torch
 
 import circuitboard as cb
-from circuitboard import methods
-from circuitboard.metrics import roc_from_scores
-
-MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+from circuitboard import methods, scoring
 
 
 # -------------------------------------------------------------------------------- measuring
@@ -86,29 +93,11 @@ def timed(fn, device: torch.device):
     return out, time.perf_counter() - start
 
 
-def edge_budgets(n_edges: int) -> list[int]:
-    return sorted({max(1, round(f * n_edges)) for f in MIB_FRACTIONS})
-
-
-def circuits_auc(circuits, truth: torch.Tensor) -> float:
-    """AUC under the ROC frontier of the circuits' (FPR, TPR) points, from (0, 0) to (1, 1).
-
-    Circuits from different thresholds or budgets need not be nested, so, as in the ACDC
-    paper's ROC, the curve is the best TPR reached at or below each FPR (the Pareto frontier).
-    """
-    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
-    points = sorted(
-        {(0.0, 0.0), (1.0, 1.0)}
-        | {
-            (int((c.keep & ~truth).sum()) / n_neg, int((c.keep & truth).sum()) / n_pos)
-            for c in circuits
-        }
-    )
-    area, best, last_x = 0.0, 0.0, 0.0
-    for x, y in points:
-        area += (x - last_x) * best
-        best, last_x = max(best, y), x
-    return area
+def groundtruth_auc(circuits, sizes, truth: torch.Tensor) -> float:
+    """The referee's AUC through the returned circuits (``circuitboard.scoring``)."""
+    keeps = [c.pruned().keep for c in circuits]
+    own = list(range(len(circuits)))
+    return scoring.groundtruth_scores(keeps, sizes, own, truth)["auc"]
 
 
 # ------------------------------------------------------------------------------- Tracr part
@@ -155,23 +144,17 @@ def bench_tracr(args, device) -> list[str]:
         n_edges = model.graph.n_edges
         if largest is None or n_edges > largest[1]:
             largest = (name, n_edges)
-        sizes = edge_budgets(n_edges)
+        sizes = scoring.budget_grid(n_edges)
         for method_name, params in method_settings(args.quick).items():
             method = methods.get(method_name, **params)
             ablation = args.ablation
             run = partial(method.find_circuits, model, task, sizes, ablation, 0)
             with PeakMemory(device) as mem:
                 circuits, seconds = timed(run, device)
-            truth = truth_set.circuit(ablation).keep
+            truth = truth_set.circuit(ablation).pruned().keep
             auc = float("nan")
             if 0 < int(truth.sum()) < n_edges and method_name != "full":
-                # One ranking of every edge where the method gives one; otherwise (ACDC's
-                # sweep, Edge Pruning's run per size) the ROC through its circuits.
-                scores = circuits[0].scores
-                if method_name in ("acdc", "edge-pruning") or scores is None:
-                    auc = circuits_auc(circuits, truth)
-                else:
-                    auc = roc_from_scores(scores, truth)[2]
+                auc = groundtruth_auc(circuits, sizes, truth)
             cost = circuits[0].info.get("cost", {})
             line = (
                 f"{name:<14} {n_edges:>5} {method_name:<13} {ablation:<9} {seconds:>8.3f} "
@@ -355,6 +338,217 @@ def bench_acdc_shapes(args, device) -> None:
         print(f"  {name}: {t:.2f}s, fast is {t / t_fast:.1f}x faster; same circuits: {same}")
 
 
+# ------------------------------------------------------------- pruning part (Edge, node)
+def referee_scores(graph, circuits, sizes, truth: torch.Tensor) -> dict:
+    """AUC through the circuits, F1 at the smallest budget >= the truth's size, exact recovery:
+    ``circuitboard.scoring.groundtruth_scores``, plus how many circuits were over budget."""
+    keeps = [graph.prune(c.keep) for c in circuits]
+    out = scoring.groundtruth_scores(keeps, sizes, list(range(len(circuits))), truth)
+    out["over_budget"] = sum(int(k.sum()) > b for k, b in zip(keeps, sizes, strict=True))
+    out["gt_size"] = out["size"]
+    out["exact"] = bool(out["exact_recovery"] or out.get("recovers_empty"))
+    return out
+
+
+def validate(args, device) -> int:
+    """``--validate METHOD``: every Tracr program under the new rules, with seconds each."""
+    from circuitboard import groundtruth
+    from circuitboard.groundtruth.nodes import native_scores, node_sets, node_truth
+
+    torch.set_flush_denormal(True)
+    params = dict(p.split("=", 1) for p in args.param or [])
+    params = {k: _literal(v) for k, v in params.items()}
+    print(
+        f"validate {args.validate} {params or ''} under {args.validate_ablation} ablation, seed "
+        f"{args.seed}, new rules: PASS at AUC (circuits) >= 0.9 and F1 >= 0.9"
+    )
+    header = (
+        f"{'program':<18} {'edges':>5} {'budgets':>7} {'gt':>3} {'seconds':>8} {'AUC':>6} "
+        f"{'F1':>6} {'exact':>5} {'over':>4} {'result':<6} detail"
+    )
+    print(header + "\n" + "-" * len(header))
+    passed = failed = 0
+    total = time.perf_counter()
+    for name in groundtruth.names():
+        gt = groundtruth.load(name)
+        model, task = gt.model.to(device), gt.task
+        graph = model.graph
+        truth = graph.prune(gt.circuit(args.validate_ablation).keep)
+        sizes = scoring.budget_grid(graph.n_edges)
+        method = methods.get(args.validate, **params)
+        run = partial(method.find_circuits, model, task, sizes, args.validate_ablation, args.seed)
+        circuits, seconds = timed(run, device)
+        r = referee_scores(graph, circuits, sizes, truth)
+        detail = ""
+        if args.validate == "edge-pruning":
+            trained = [c for c in circuits if c.info.get("trained")]
+            met = sum(c.info["met_budget"] for c in trained)
+            steps = [c.info["steps_trained"] for c in trained]
+            detail = f"met {met}/{len(trained)}, steps {min(steps)}-{max(steps)}"
+        if args.validate == "node-pruning" and r["gt_size"]:
+            nodes = node_truth(model, gt.circuit(args.validate_ablation))
+            sets = node_sets(model, [c.native["nodes"] for c in circuits])
+            search = circuits[0].info["target_search"]
+            (at_target,) = node_sets(model, [search["nodes"]])
+            native = native_scores(nodes["keep"], sets + [at_target])
+            detail = (
+                f"nodes: truth {native['size']}/{native['n_nodes']}, AUC {native['auc_sets']:.3f}, "
+                f"F1 at target loss {native['per_set'][-1]['f1']:.3f} ({search['native_size']} "
+                f"nodes)"
+                + (f", truth's extra edges {nodes['extra_edges']}" if nodes["extra_edges"] else "")
+            )
+        if r["gt_size"]:
+            ok = r["auc"] >= 0.9 and r["f1"] >= 0.9 and not r["over_budget"]
+            auc, f1 = f"{r['auc']:.3f}", f"{r['f1']:.3f}"
+        else:  # empty truth: reported apart, judged by recovering the empty circuit
+            ok, auc, f1 = r["exact"], "–", "–"
+        passed += ok
+        failed += not ok
+        print(
+            f"{name:<18} {graph.n_edges:>5} {len(sizes):>7} {r['gt_size']:>3} {seconds:>8.2f} "
+            f"{auc:>6} {f1:>6} {str(r['exact']):>5} {r['over_budget']:>4} "
+            f"{'PASS' if ok else 'FAIL':<6} {detail}",
+            flush=True,
+        )
+    print(f"{passed}/{passed + failed} programs passed in {time.perf_counter() - total:.1f}s")
+    return 0 if failed == 0 else 1
+
+
+def _literal(text: str):
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def toy_gpt2(device, n_embd: int = 256, vocab: int = 1024):
+    """A randomly initialised HF GPT-2 with one layer of 16 heads: 83 edges."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from circuitboard.loaders.hf import convert_gpt2
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=1, n_head=16, n_embd=n_embd, vocab_size=vocab, n_positions=64,
+        bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    return convert_gpt2(GPT2LMHeadModel(config)).to(device).eval()
+
+
+def bench_edge_pruning_step(args, device) -> None:
+    """One Edge Pruning step with every budget of the 83-edge toy's grid batched, over one
+    patched forward and backward of the same (replicated) batch with per-example masks."""
+    from circuitboard.methods.base import Cost, divergence
+    from circuitboard.methods.edge_pruning import EdgePruning, _Trainer
+
+    model = toy_gpt2(device)
+    task = gpt2_task(model, 32, 20)
+    graph = model.graph
+    budgets = [k for k in scoring.budget_grid(graph.n_edges) if k < graph.n_edges]
+    method = EdgePruning(stop_after=None)
+    bs = method.batch_size
+    trainer = _Trainer(method, model, task, "counterfactual", 0, Cost())
+    short, long = 3, 3 + (2 if args.quick else 8)
+
+    def steps(n: int) -> float:
+        trainer.method = EdgePruning(steps=n, stop_after=None)
+        return timed(lambda: trainer.train(budgets), device)[1]
+
+    steps(1)  # warm-up (imports, allocator)
+    step = (steps(long) - steps(short)) / (long - short)  # per step, set-up cancelled out
+    batch = task.train[0]
+    rows = torch.arange(bs)
+    tokens = batch.clean[rows].to(device).repeat(len(budgets), 1)
+    prep = trainer.prepared[0]
+    ablated = prep.ablated[rows].repeat(len(budgets), 1, 1, 1)
+    full = trainer.full[0][rows].repeat(len(budgets), 1, 1)
+    mask = torch.rand(len(tokens), graph.n_edges, device=device, dtype=model.dtype)
+
+    def forward_backward(chunk: int | None = None):
+        m = mask.clone().requires_grad_(True)
+        step = chunk or len(tokens)
+        for i in range(0, len(tokens), step):
+            part = slice(i, i + step)
+            logits = model.run(tokens[part], m[part], ablated[part]).logits
+            divergence(trainer.kind, full[part], logits, task.positions).sum().backward()
+
+    chunk = max(1, method.max_examples // bs) * bs  # the trainer's passes: whole budgets
+    forward_backward()
+    reps = 3 if args.quick else 7
+    with frozen_params(model):
+        one = min(timed(forward_backward, device)[1] for _ in range(reps))
+        chunked = min(timed(partial(forward_backward, chunk), device)[1] for _ in range(reps))
+    print(
+        f"\nEdge Pruning step on the 83-edge toy GPT-2 (1 layer x 16 heads, d_model 256, vocab "
+        f"1024; {len(budgets)} budgets x {bs} examples x 20 tokens = {len(tokens)} sequences per "
+        f"step): {step * 1e3:.1f} ms per step; one patched forward + backward of the same batch "
+        f"in one pass {one * 1e3:.1f} ms (ratio {step / one:.2f}), in the trainer's passes of "
+        f"{chunk} sequences {chunked * 1e3:.1f} ms (ratio {step / chunked:.2f}; target <= 1.5)"
+    )
+
+
+class frozen_params:
+    def __init__(self, model) -> None:
+        self.params = [(p, p.requires_grad) for p in model.parameters()]
+
+    def __enter__(self):
+        for p, _ in self.params:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc) -> None:
+        for p, flag in self.params:
+            p.requires_grad_(flag)
+
+
+def bench_pruning_modes(args, device) -> None:
+    """Edge Pruning's budget grid batched in one run against one run per budget, side by side."""
+    from circuitboard import groundtruth
+
+    names = ["hist", "frac_prevs"] if args.quick else ["hist", "frac_prevs", "reverse", "sort"]
+    print("\nEdge Pruning, full budget grid, batched vs one run per budget (resample):")
+    for name in names:
+        gt = groundtruth.load(name)
+        model, task = gt.model.to(device), gt.task
+        sizes = scoring.budget_grid(model.graph.n_edges)
+        row = []
+        for mode in ("single", "batched"):
+            method = methods.get("edge-pruning", mode=mode)
+            _, seconds = timed(
+                partial(method.find_circuits, model, task, sizes, "resample", 0), device
+            )
+            row.append(seconds)
+        print(
+            f"  {name:<12} {len(sizes):>3} budgets: single {row[0]:7.2f}s, batched {row[1]:7.2f}s, "
+            f"speed-up {row[0] / row[1]:.1f}x"
+        )
+
+
+def bench_zoo(args, device) -> None:
+    """``--zoo``: node pruning, Edge Pruning and EAP on the standard tasks on zoo/toy-lm with
+    the referee's budget grid (counterfactual ablation): seconds and the at-most-budget area."""
+    model = cb.load_model("zoo/toy-lm").to(device)
+    grid = scoring.budget_grid(model.graph.n_edges)
+    print(
+        f"\nzoo/toy-lm ({model.graph.n_edges} edges, {len(grid)} budgets), counterfactual; "
+        f"seconds per task and the at-most-budget faithfulness area (log axis, test split):"
+    )
+    names = ["ioi", "greater-than"] if args.quick else list(cb.tasks.names())
+    for name in names:
+        task = cb.load_task(name, model="zoo/toy-lm")
+        row = []
+        for method_name in ("node-pruning", "edge-pruning", "eap"):
+            method = methods.get(method_name)
+            run = partial(method.find_circuits, model, task, grid, "counterfactual", 0)
+            circuits, seconds = timed(run, device)
+            over = sum(c.size > k for c, k in zip(circuits, grid, strict=True))
+            ev = cb.evaluate(model, task, circuits, "counterfactual", budgets=grid, n_boot=10)
+            area = ev.areas["cpr"]
+            row.append(f"{method_name} {seconds:6.1f}s area {area:.3f} over {over}")
+        print(f"  {name:<17} " + " | ".join(row), flush=True)
+
+
 # ------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -371,6 +565,16 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-gpt2", action="store_true")
     parser.add_argument("--skip-acdc", action="store_true", help="skip the two ACDC shapes")
     parser.add_argument("--only-acdc", action="store_true", help="only the two ACDC shapes")
+    parser.add_argument(
+        "--validate", metavar="METHOD", help="only: every Tracr program under the new rules"
+    )
+    parser.add_argument("--param", action="append", metavar="KEY=VALUE", help="for --validate")
+    parser.add_argument("--validate-ablation", default="resample")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--pruning", action="store_true", help="only: Edge Pruning step ratio and batched vs single"
+    )
+    parser.add_argument("--zoo", action="store_true", help="only: the pruning methods on toy-lm")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -378,6 +582,15 @@ def main(argv=None) -> int:
     print(f"circuitboard methods benchmark on {device} ({torch.get_num_threads()} CPU threads)\n")
     if args.only_acdc:
         bench_acdc_shapes(args, device)
+        return 0
+    if args.validate:
+        return validate(args, device)
+    if args.zoo:
+        bench_zoo(args, device)
+        return 0
+    if args.pruning:
+        bench_edge_pruning_step(args, device)
+        bench_pruning_modes(args, device)
         return 0
     if not args.skip_tracr:
         try:

@@ -1,4 +1,4 @@
-"""Edge Pruning and Gao-style node pruning: gate maths, hooks, projection, planted circuits."""
+"""Edge Pruning: gate maths, budgets batched into one run, stopping, never over budget."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from test_methods_helpers import one_thread, random_model, random_task  # noqa: 
 
 from circuitboard.graph import Circuit
 from circuitboard.methods.edge_pruning import EdgePruning
-from circuitboard.methods.node_pruning import NodePruning, _gate, _Pruner, node_names
 
 
 # ------------------------------------------------------------------------ hard concrete
-def test_hard_concrete_expected_l0_matches_samples():
+def test_hard_concrete_expected_l0_and_the_deterministic_mask():
     ep = EdgePruning()
     log_alpha = torch.tensor([-3.0, -1.0, 0.0, 0.5, 2.0, 10.0], dtype=torch.float64)
     gen = torch.Generator().manual_seed(0)
@@ -23,12 +22,65 @@ def test_hard_concrete_expected_l0_matches_samples():
     open_freq = (samples > 0).double().mean(0)
     torch.testing.assert_close(open_freq, ep.open_probability(log_alpha), atol=0.015, rtol=0)
     # beta = 2/3, l = -0.1, r = 1.1: P(open) = sigmoid(log_alpha - beta log(-l / r))
-    expected = 1 / (1 + math.exp(-(0.5 - 2 / 3 * math.log(0.1 / 1.1))))
-    assert float(ep.open_probability(log_alpha)[3]) == pytest.approx(expected)
-    assert float(ep.deterministic(torch.tensor(10.0))) == 1.0
-    assert float(ep.deterministic(torch.tensor(-3.0))) == 0.0
+    p = [1 / (1 + math.exp(-(a - 2 / 3 * math.log(0.1 / 1.1)))) for a in log_alpha.tolist()]
+    assert float(ep.open_probability(log_alpha)[3]) == pytest.approx(p[3])
+    # The reference code's test-time mask keeps the round(E[L0]) largest log alphas:
+    # E[L0] = 0.199 + 0.647 + 0.832 + 0.891 + 0.973 + 1.000 = 4.54 -> 5 gates, all but -3.
+    assert round(sum(p)) == 5
+    assert ep.deterministic(log_alpha).tolist() == [False, True, True, True, True, True]
+    two = torch.stack([log_alpha, log_alpha.flip(0) - 20])  # second row: E[L0] ~ 0
+    assert ep.deterministic(two).sum(1).tolist() == [5, 0]
 
 
+def test_parameters_are_checked():
+    assert EdgePruning().reads_labels is False
+    for bad in ({"mode": "joint"}, {"samples": "batch"}, {"steps": 0}, {"stop_after": 0}):
+        with pytest.raises(ValueError):
+            EdgePruning(**bad)
+
+
+# ------------------------------------------------------------------------- one run, all
+@pytest.mark.parametrize("samples", ["example", "step"])
+def test_batched_budgets_train_the_gates_of_their_single_runs(samples):
+    # Three budgets in one batched run: each budget's gates equal those of its own single
+    # run with the same seed (its own generator, the shared minibatch stream), although the
+    # batched pass runs them as per-example masks and the single run as a plain mask.
+    model = random_model(71)
+    task = random_task(model, 72, lengths=(5, 4))
+    params = dict(steps=30, samples=samples, stop_after=3, batch_size=4)
+    budgets = [3, 9, 20]
+    batched = EdgePruning(mode="batched", **params).train(model, task, budgets, "resample", 4)
+    single = EdgePruning(mode="single", **params).train(model, task, budgets, "resample", 4)
+    for k in budgets:
+        torch.testing.assert_close(batched[k].log_alpha, single[k].log_alpha, rtol=0, atol=1e-9)
+        assert batched[k].stats["steps_trained"] == single[k].stats["steps_trained"]
+        assert batched[k].stats["stopped_at"] == single[k].stats["stopped_at"]
+    # ... and one budget batched alone is its single run too.
+    (alone,) = EdgePruning(mode="batched", **params).train(model, task, [9], "resample", 4).values()
+    torch.testing.assert_close(alone.log_alpha, single[9].log_alpha, rtol=0, atol=1e-9)
+    # The budgets do differ: a different seed gives different gates.
+    other = EdgePruning(mode="batched", **params).train(model, task, [9], "resample", 5)
+    assert not torch.allclose(other[9].log_alpha, single[9].log_alpha)
+
+
+def test_a_budget_stops_once_its_mask_has_met_its_target():
+    # The rule counts from the end of the warm-up (step 100 of 200): a budget within its
+    # target for 4 steps from then stops at step 103 exactly; before the warm-up ends a mask
+    # under its budget does not count (the near-full budget is under it from the first steps).
+    model = random_model(73)
+    task = random_task(model, 74, lengths=(5,))
+    n = model.graph.n_edges
+    method = EdgePruning(steps=200, stop_after=4, warmup=0.5)
+    runs = method.train(model, task, [n // 2, n - 1], "zero", 0)
+    for k, run in runs.items():
+        assert run.stats["stopped_at"] == run.stats["steps_trained"] == 103, k
+        assert int(method.deterministic(run.log_alpha).sum()) <= k
+    # Without the rule every budget trains every step.
+    fixed = EdgePruning(steps=12, stop_after=None).train(model, task, [n // 2], "zero", 0)
+    assert fixed[n // 2].stats["steps_trained"] == 12 and fixed[n // 2].stats["stopped_at"] is None
+
+
+# ------------------------------------------------------------------ circuits and budgets
 def test_edge_pruning_finds_a_planted_circuit_and_reports_budgets():
     # One attention-only layer; head 1 writes nothing (W_O = 0), so only input->logits,
     # a0.h0->logits and the three input->a0.h0 reader edges can matter.
@@ -43,152 +95,55 @@ def test_edge_pruning_finds_a_planted_circuit_and_reports_budgets():
         "input->a0.h0<k>",
         "input->a0.h0<v>",
     }
-    method = EdgePruning(steps=300)
-    circuits = method.find_circuits(model, task, [5, 2, 0], "counterfactual", 0)
-    assert set(circuits[0].edges) == planted
-    assert circuits[0].info["budget_reached"]
-    assert circuits[1].n_kept == 2 and set(circuits[1].edges) <= planted
-    assert circuits[2].n_kept == 0 and not circuits[2].info["trained"]
-    for c in circuits:
-        assert {"open_gates", "budget_reached", "empty_mask", "cost"} <= set(c.info)
-    assert circuits[0].scores is not None and circuits[0].info["trained"]
+    n = model.graph.n_edges
+    circuits = EdgePruning().find_circuits(model, task, [5, 2, 0, 8, n], "counterfactual", 0)
+    five, two, zero, eight, full = circuits
+    assert set(five.edges) == planted and five.info["met_budget"]
+    assert set(two.edges) <= planted and 0 < two.size <= 2
+    assert set(eight.edges) >= planted and eight.size <= 8
+    assert zero.n_kept == 0 and not zero.info["trained"]
+    assert full.n_kept == n and not full.info["trained"]
+    for c, k in zip(circuits, [5, 2, 0, 8, n], strict=True):
+        assert c.size == c.n_kept <= k  # returned pruned, never over budget
+        assert {"met_budget", "truncated", "padded", "open_gates", "cost"} <= set(c.info)
+        assert c.info["padded"] is False
+    assert five.scores is not None and five.info["circuit_fit"] <= five.info["own_fit"]
 
 
-def test_edge_pruning_never_returns_an_empty_circuit_silently():
-    model = random_model(33)
-    task = random_task(model, 34, lengths=(4,))
-    # A huge multiplier learning rate closes every gate; the circuit is still k edges, flagged.
-    (c,) = EdgePruning(
-        steps=30, reg_lr=50.0, lr=2.0, per_size=False, target_sparsity=1.0
-    ).find_circuits(model, task, [6], "zero", 0)
-    assert c.n_kept == 6
-    assert c.info["empty_mask"] and c.info["padded_with_closed_gates"]
-
-
-# ------------------------------------------------------------------------- node pruning
-def test_straight_through_gate():
-    tau = torch.tensor([-1.0, 0.5, 2.0], requires_grad=True)
-    gate = _gate(tau)
-    assert gate.tolist() == [0.0, 1.0, 1.0]
-    gate.sum().backward()
-    s = torch.sigmoid(tau.detach())
-    torch.testing.assert_close(tau.grad, s * (1 - s))
-
-
-@pytest.mark.parametrize("ablation", ["mean", "zero", "counterfactual"])
-def test_node_masks_all_kept_is_the_model(ablation):
-    model = random_model(35)
-    task = random_task(model, 36, lengths=(5,))
-    pruner = _Pruner(model, task, ablation, cost=__import__("circuitboard").methods.base.Cost())
-    ones = torch.ones(pruner.n_nodes, dtype=model.dtype)
-    with torch.no_grad():
-        torch.testing.assert_close(
-            pruner.run(ones, 0), model(task.train[0].clean), rtol=0, atol=1e-12
-        )
-
-
-def test_node_masks_all_pruned_patches_every_location():
-    # Without LayerNorm and with counterfactual ablation, pruning every node replaces every
-    # attention and MLP output by its counterfactual value; only the embedding stays clean, so
-    # the logits differ from the counterfactual run's by exactly unembed(embed_clean - embed_cf).
-    from circuitboard.methods.base import Cost
-
-    model = random_model(37, normalization=None)
-    task = random_task(model, 38, lengths=(5,))
-    batch = task.train[0]
-    pruner = _Pruner(model, task, "counterfactual", Cost())
-    zeros = torch.zeros(pruner.n_nodes, dtype=model.dtype)
-    with torch.no_grad():
-        pruned = pruner.run(zeros, 0)
-        embed = model.embed.W_E[batch.clean] - model.embed.W_E[batch.counterfactual]
-        expected = model(batch.counterfactual) + embed @ model.unembed.W_U
-    torch.testing.assert_close(pruned, expected, rtol=1e-10, atol=1e-10)
-
-
-def test_projection_rules_and_scores():
-    from circuitboard.methods.base import Cost
-
-    model = random_model(39)
-    task = random_task(model, 40, lengths=(4,))
-    pruner = _Pruner(model, task, "zero", Cost())
-    names = node_names(model)
-    assert len(names) == pruner.n_nodes == len(set(names))
-    index = {n: i for i, n in enumerate(names)}
-    keep = torch.zeros(pruner.n_nodes, dtype=torch.bool)
-    # MLP 0: one neuron, one read and one write channel; head a1.h1: a v channel, a write
-    # channel and one read channel of layer 1 (its <v> reader then needs the v channel).
-    for n in ["m0.n[3]", "m0.read[0]", "m0.write[5]", "a1.h1.v[2]", "a1.write[1]", "a1.read[4]"]:
-        keep[index[n]] = True
-    edges = set(Circuit(model.graph, pruner.project(keep)).edges)
-    assert edges == {
-        "input->m0",
-        "input->logits",
-        "m0->logits",
-        "input->a1.h1<v>",
-        "m0->a1.h1<v>",
-        "a1.h1->logits",
-    }
-    # Without a1's write channel the head writes nothing: it is no longer a source.
-    keep[index["a1.write[1]"]] = False
-    assert "a1.h1->logits" not in Circuit(model.graph, pruner.project(keep)).edges
-    # Scores: thresholding them gives the projection of thresholding tau, at every threshold.
-    tau = torch.randn(pruner.n_nodes, generator=torch.Generator().manual_seed(0))
-    scores = pruner.edge_scores(tau)
-    for theta in torch.linspace(-2, 2, 9):
-        projected = pruner.project(tau > theta)
-        internal = scores > theta
-        assert torch.equal(projected, internal)
-
-
-def test_node_pruning_circuits_respect_budgets_and_report_native_size():
-    model = random_model(41)
-    task = random_task(model, 42, lengths=(5, 4))
-    method = NodePruning(steps=60)
-    sizes = [3, 15, model.graph.n_edges]
-    circuits = method.find_circuits(model, task, sizes, "mean", 0)
+def test_circuits_are_never_over_budget_even_when_training_ends_early():
+    # Three steps cannot close a gate that starts at log alpha 3: every mask is over its
+    # budget, so each circuit is its budget's k largest log alphas, pruned, and says so.
+    model = random_model(75)
+    task = random_task(model, 76, lengths=(4,))
+    sizes = [1, 4, 11]
+    circuits = EdgePruning(steps=3, select=False).find_circuits(model, task, sizes, "zero", 0)
+    graph = model.graph
     for c, k in zip(circuits, sizes, strict=True):
-        assert c.size <= max(k, 1)
-        assert c.native["n_nodes"] == c.info["native_size"] == len(c.native["nodes"])
-        assert c.info["edge_size"] == c.size
-        assert c.info["cost"]["backward"] == 60 * len(task.train)
-    assert circuits[-1].native["n_nodes"] == circuits[-1].native["n_nodes_total"]
-    search = circuits[0].info["target_search"]
-    assert search["reached"] and search["loss"] <= search["target_loss"]
-    full, empty = search["full_loss"], search["empty_loss"]
-    assert search["target_loss"] == pytest.approx(full + 0.1 * (empty - full))
-    again = method.find_circuits(model, task, sizes, "mean", 0)
-    assert [c.native["nodes"] for c in again] == [c.native["nodes"] for c in circuits]
+        assert c.size <= k and not c.info["met_budget"] and c.info["truncated"]
+        expected = graph.prune(Circuit.top_k(graph, c.scores, k, absolute=False).keep)
+        assert torch.equal(c.keep, expected)
+        assert c.info["selected_from"] == k and c.info["circuit_fit"] == c.info["own_fit"]
 
 
-def test_node_pruning_loss_kinds():
-    from circuitboard.methods.node_pruning import _per_example_loss
-
-    model = random_model(43)
-    task = random_task(model, 44, lengths=(5,))
-    batch = task.train[0]
-    logits = model(batch.clean)
-    last = logits[:, -1]
-    idx = torch.arange(len(batch))
-    diff = last[idx, batch.answer] - last[idx, batch.distractor]
-    torch.testing.assert_close(
-        _per_example_loss(task, logits, batch), -torch.nn.functional.logsigmoid(diff)
-    )
-    l2_task = random_task(model, 45, lengths=(5,), metric="l2")
-    b = l2_task.train[0]
-    out = model(b.clean)
-    torch.testing.assert_close(_per_example_loss(l2_task, out, b), l2_task.score(out, b))
-
-
-def test_node_pruning_contrast_loss_option():
-    from circuitboard.methods.node_pruning import _contrast_loss
-
-    model = random_model(47)
-    task = random_task(model, 48, lengths=(5,), metric="l2")
-    batch = task.train[0]
-    empty = torch.zeros_like(batch.target)
-    value = _contrast_loss(task, batch.target, batch, empty)
-    torch.testing.assert_close(value, -batch.target[:, 1:].pow(2).flatten(1).mean(1))
-    with pytest.raises(ValueError, match="loss"):
-        NodePruning(loss="kl")
-    (c,) = NodePruning(steps=5, loss="contrast").find_circuits(model, task, [10], "zero", 0)
-    assert c.info["params"]["loss"] == "contrast"
+def test_selection_returns_the_most_faithful_trained_mask_that_fits():
+    model = random_model(77)
+    task = random_task(model, 78, lengths=(5, 4))
+    sizes = [2, 4, 8, 16, 30]
+    own = EdgePruning(select=False).find_circuits(model, task, sizes, "mean", 1)
+    picked = EdgePruning().find_circuits(model, task, sizes, "mean", 1)
+    by_size = {c.info["requested"]: c for c in own}
+    # Budget 8's own mask is less faithful than budget 16's thresholded at 8 (0.081 vs 0.046).
+    eight = picked[2]
+    assert eight.info["selected_from"] == 16 and eight.info["circuit_fit"] < eight.info["own_fit"]
+    for c, k in zip(picked, sizes, strict=True):
+        assert c.size <= k and c.info["circuit_fit"] <= c.info["own_fit"]
+        source = c.info["selected_from"]
+        assert c.info["own_fit"] == pytest.approx(by_size[k].info["circuit_fit"])
+        if source == k:
+            assert torch.equal(c.keep, by_size[k].keep)
+        elif source < k:  # another budget's own circuit, as it was
+            assert torch.equal(c.keep, by_size[source].keep)
+        else:  # a larger budget's mask thresholded at k
+            graph = model.graph
+            top = Circuit.top_k(graph, by_size[source].scores, k, absolute=False).keep
+            assert torch.equal(c.keep, graph.prune(top))

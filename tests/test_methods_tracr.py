@@ -63,7 +63,6 @@ def test_eap_ig_auc(name):
     assert auc >= 0.9
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", PROGRAMS)
 def test_edge_pruning_auc(name):
     # One run with the truth's size as its budget; its final log alphas rank every edge.
