@@ -385,11 +385,11 @@ class Circuit:
         scores = torch.as_tensor(scores, dtype=torch.float64).cpu()
         if not 0 <= k <= graph.n_edges:
             raise ValueError(f"k must be between 0 and {graph.n_edges}, got {k}")
-        if scores.shape != (graph.n_edges,) or not bool(torch.isfinite(scores).all()):
-            bad = int((~torch.isfinite(scores)).sum()) if scores.numel() else 0
+        if scores.shape != (graph.n_edges,) or bool(torch.isnan(scores).any()):
+            bad = int(torch.isnan(scores).sum()) if scores.numel() else 0
             raise ValueError(
-                f"top_k needs {graph.n_edges} finite scores, one per edge; got shape "
-                f"{tuple(scores.shape)} with {bad} NaN or infinite"
+                f"top_k needs {graph.n_edges} scores, one per edge, none NaN (-inf is allowed: "
+                f"an edge ranked last); got shape {tuple(scores.shape)} with {bad} NaN"
             )
         key = scores.abs() if absolute else scores
         order = torch.sort(key, descending=True, stable=True).indices

@@ -185,10 +185,10 @@ def check_circuits(circuits, sizes: list[int], graph, name: str) -> list[Circuit
             raise TypeError(f"method {name!r} returned a {type(c).__name__}, not a Circuit")
         if c.graph != graph:
             raise ValueError(f"method {name!r}: circuit {i} belongs to another graph")
-        if c.scores is not None and not bool(torch.isfinite(c.scores).all()):
+        if c.scores is not None and bool(torch.isnan(c.scores).any()):
             raise ValueError(
-                f"method {name!r}: circuit {i} carries edge scores that are NaN or infinite; "
-                f"scores must be finite floats"
+                f"method {name!r}: circuit {i} carries NaN edge scores; a ranking needs a number "
+                f"for every edge (-inf ranks an edge last)"
             )
     return circuits
 
@@ -203,11 +203,11 @@ def _edge_scores(method, circuits, model, task, cell):
     with _seeded(cell.seed):
         ranking = method.score_edges(model, task, cell.ablation, cell.seed)
     ranking = torch.as_tensor(ranking).detach().to("cpu", torch.float64)
-    if ranking.shape != (model.graph.n_edges,) or not bool(torch.isfinite(ranking).all()):
+    if ranking.shape != (model.graph.n_edges,) or bool(torch.isnan(ranking).any()):
         raise ValueError(
-            f"method {cell.method.name!r}: score_edges must return {model.graph.n_edges} finite "
-            f"floats, got shape {tuple(ranking.shape)} with "
-            f"{int((~torch.isfinite(ranking)).sum()) if ranking.numel() else 0} non-finite"
+            f"method {cell.method.name!r}: score_edges must return {model.graph.n_edges} floats "
+            f"with no NaN, got shape {tuple(ranking.shape)} with "
+            f"{int(torch.isnan(ranking).sum()) if ranking.numel() else 0} NaN"
         )
     return ranking
 

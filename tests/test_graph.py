@@ -149,5 +149,7 @@ def test_circuits_refuse_values_that_are_not_edges_kept_or_removed():
     assert Circuit(graph, torch.ones(n)).n_kept == n  # 0/1 floats are fine
     scores = torch.arange(n, dtype=torch.float64)
     scores[2] = float("nan")
-    with pytest.raises(ValueError, match="1 NaN or infinite"):
+    with pytest.raises(ValueError, match="with 1 NaN"):
         Circuit.top_k(graph, scores, 2)
+    scores[2] = float("-inf")  # ranked last, not refused
+    assert not Circuit.top_k(graph, scores, n - 1, absolute=False).keep[2]
