@@ -230,6 +230,9 @@ def test_training_is_deterministic_and_seeded():
         assert ka == kb and torch.equal(va, vb)
     c = train.train(spec, steps=3, seed=1)
     assert c.losses != a.losses and c.data_hash != a.data_hash
+    cfg = a.model.cfg
+    w0, w1 = train.init_model(cfg, 0).embed.W_E, train.init_model(cfg, 1).embed.W_E
+    assert not torch.equal(w0, w1) and torch.equal(w0, train.init_model(cfg, 0).embed.W_E)
 
 
 def test_a_causal_model_only_for_programs_that_read_prefixes():
