@@ -24,11 +24,21 @@ MODELS = Registry("model")
 MODELS.add_namespace(
     "tracr", "circuitboard.groundtruth:model_names", "circuitboard.groundtruth:load_model"
 )
+MODELS.add_namespace(
+    "planted",
+    "circuitboard.groundtruth.planted:model_names",
+    "circuitboard.groundtruth.planted:load_model",
+)
 MODELS.add_namespace("zoo", "circuitboard.tasks.zoo:names", "circuitboard.tasks.zoo:load")
 
 TASKS = Registry("task")
 TASKS.add_namespace(
     "tracr", "circuitboard.groundtruth:task_names", "circuitboard.groundtruth:load_task"
+)
+TASKS.add_namespace(
+    "planted",
+    "circuitboard.groundtruth.planted:task_names",
+    "circuitboard.groundtruth.planted:load_task",
 )
 TASKS.add_namespace("std", "circuitboard.tasks:names", "circuitboard.tasks:load")
 

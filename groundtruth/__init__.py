@@ -2,6 +2,8 @@
 
     gt = circuitboard.groundtruth.load("reverse")
     gt.model, gt.task, gt.circuit("structural" | "zero" | "resample" | "mean")
+    gt = circuitboard.groundtruth.load("planted/hist")   # a model trained here by SIIT
+    gt.model, gt.task, gt.circuit("planted" | "zero" | "resample" | "mean")
 
 The committed models and circuits load from ``compiled/`` with torch and safetensors only; jax and
 tracr are needed only to compile (``compile_program``, ``circuitboard groundtruth compile``).
@@ -10,7 +12,22 @@ tracr are needed only to compile (``compile_program``, ``circuitboard groundtrut
 from __future__ import annotations
 
 from circuitboard.groundtruth import programs, store
-from circuitboard.groundtruth.truth import KINDS, GroundTruth, from_model, load
+from circuitboard.groundtruth import truth as _truth
+from circuitboard.groundtruth.truth import KINDS, GroundTruth, from_model
+
+
+def load(name: str, directory: str | None = None):
+    """A committed ground truth: ``NAME`` (or ``tracr/NAME``) for a compiled Tracr program,
+    ``planted/NAME`` for a model trained here with a planted circuit
+    (``circuitboard.groundtruth.planted``)."""
+    prefix, sep, rest = name.partition("/")
+    if sep and prefix == "planted":
+        from circuitboard.groundtruth import planted
+
+        return planted.load(rest, directory)
+    if sep and prefix == "tracr":
+        name = rest
+    return _truth.load(name, directory)
 
 
 def names() -> list[str]:

@@ -1,8 +1,10 @@
-"""``circuitboard groundtruth check|compile|list``.
+"""``circuitboard groundtruth check|compile|list|train``.
 
 ``check`` loads every committed program and prints its node and edge counts, the size of each
-ground truth and both checks, then the published ground truths it must reproduce; it exits 1 if
-any line fails. ``compile`` rebuilds models and circuits with tracr.
+ground truth and both checks, then the published ground truths it must reproduce, then the
+planted programs' checks; it exits 1 if any line fails. ``compile`` rebuilds models and circuits
+with tracr. ``train NAME`` retrains a planted program (``circuitboard.groundtruth.planted``) and
+writes it only if it passes its checks.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import time
 
 from circuitboard.devices import add_device_argument, resolve_device
 from circuitboard.groundtruth import derive, programs, published, record, store
+from circuitboard.groundtruth.planted import cli as planted_cli
 from circuitboard.groundtruth.truth import KINDS, load
 
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     c = sub.add_parser("check", help="check every committed ground truth (no tracr needed)")
-    c.add_argument("names", nargs="*", help="programs (default: all)")
+    c.add_argument("names", nargs="*", help="programs, planted ones as planted/NAME (default: all)")
     c.add_argument(
         "--recompute",
         action="store_true",
@@ -30,6 +33,8 @@ def add_arguments(parser) -> None:
         "--out", default=None, help="write here instead of the package's compiled/ directory"
     )
     sub.add_parser("list", help="list the programs")
+    t = sub.add_parser("train", help="train a planted-circuit model by SIIT and check it")
+    planted_cli.add_train_arguments(t)
 
 
 def main(args) -> int:
@@ -40,10 +45,14 @@ def main(args) -> int:
         for spec in programs.PROGRAMS.values():
             kind = "categorical" if spec.categorical else "numerical"
             print(f"{spec.name:18} {kind:11} {spec.description}")
+        for line in planted_cli.list_lines():
+            print(line)
         return 0
     if action == "check":
         return check_main(args.names, args.recompute, resolve_device(args.device))
-    print("usage: circuitboard groundtruth {check,compile,list} [NAME ...]")
+    if action == "train":
+        return planted_cli.train_main(args)
+    print("usage: circuitboard groundtruth {check,compile,list,train} [NAME ...]")
     return 2
 
 
@@ -78,9 +87,11 @@ def _mark(ok: bool) -> str:
 
 
 def check_main(names, recompute: bool = False, device=None) -> int:
+    planted = [n.split("/", 1)[1] for n in names if n.startswith("planted/")]
+    tracr = [n for n in names if not n.startswith("planted/")]
     ok_all = True
     table = []
-    for name in _names(names):
+    for name in _names(tracr) if tracr or not planted else []:
         gt = load(name)
         if device is not None:
             gt.model = gt.model.to(device)
@@ -116,9 +127,18 @@ def check_main(names, recompute: bool = False, device=None) -> int:
         table.append(
             [name, graph.n_nodes, graph.n_edges, data.n_examples] + [r["size"] for r in rows]
         )
-    ok_all &= _check_published()
+    if tracr or not planted:
+        ok_all &= _check_published()
+    if planted or not names:
+        print("planted programs:")
+        planted_rows, ok = planted_cli.check_rows(planted or None, recompute)
+        ok_all &= ok
     print()
-    print(_table(table))
+    if table:
+        print(_table(table))
+    if planted or not names:
+        print()
+        print(_planted_table(planted_rows))
     print(f"\n{'all checks pass' if ok_all else 'SOME CHECKS FAIL'}")
     return 0 if ok_all else 1
 
@@ -148,6 +168,15 @@ def _check_published() -> bool:
             f"{ours.size} edges, auto-circuit {len(expected)} {_mark(ok)}"
         )
     return ok_all
+
+
+def _planted_table(rows) -> str:
+    from tabulate import tabulate
+
+    from circuitboard.groundtruth.planted.truth import KINDS as PLANTED_KINDS
+
+    headers = ["program", "nodes", "edges"] + list(PLANTED_KINDS)
+    return tabulate(rows, headers=headers, tablefmt="github")
 
 
 def _table(rows) -> str:
