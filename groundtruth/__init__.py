@@ -7,13 +7,23 @@
 
 The committed models and circuits load from ``compiled/`` with torch and safetensors only; jax and
 tracr are needed only to compile (``compile_program``, ``circuitboard groundtruth compile``).
+Importing this package imports no torch (``truth`` loads on first use), so that the registry
+listings (``names``) answer at once.
 """
 
 from __future__ import annotations
 
+import importlib
+
 from circuitboard.groundtruth import programs, store
-from circuitboard.groundtruth import truth as _truth
-from circuitboard.groundtruth.truth import KINDS, GroundTruth, from_model
+
+_LAZY = {"KINDS", "GroundTruth", "from_model"}  # from ``truth``, which needs torch
+
+
+def __getattr__(attr: str):
+    if attr in _LAZY:
+        return getattr(importlib.import_module("circuitboard.groundtruth.truth"), attr)
+    raise AttributeError(f"module 'circuitboard.groundtruth' has no attribute {attr!r}")
 
 
 def load(name: str, directory: str | None = None):
@@ -27,7 +37,9 @@ def load(name: str, directory: str | None = None):
         return planted.load(rest, directory)
     if sep and prefix == "tracr":
         name = rest
-    return _truth.load(name, directory)
+    from circuitboard.groundtruth import truth
+
+    return truth.load(name, directory)
 
 
 def names() -> list[str]:

@@ -4,7 +4,8 @@ The JSON holds the model config, the ``tracr_info`` that encodes inputs and deco
 (residual labels, input tokens, output values) and the program's declaration (vocabulary, longest
 input, causal). Reading them needs torch and safetensors only: neither jax nor tracr is imported,
 so the benchmark runs where tracr is not installed. Files are written through a temporary name and
-a rename.
+a rename. torch is imported only by the functions that read or write weights, so that listing
+the compiled names (``circuitboard models``) imports none of it.
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import load_file, save_file
-
-from circuitboard.graph import write_json_atomic
-from circuitboard.model import ModelConfig, PatchableTransformer
+if TYPE_CHECKING:
+    from circuitboard.model import PatchableTransformer
 
 FORMAT = "circuitboard-tracr"
 FORMAT_VERSION = 1
@@ -37,6 +36,10 @@ def save_model(
     model: PatchableTransformer, name: str, program: dict, directory: str | None = None
 ) -> None:
     """Write weights and description; each file appears whole or not at all."""
+    from safetensors.torch import save_file
+
+    from circuitboard.graph import write_json_atomic
+
     p = paths(name, directory)
     os.makedirs(os.path.dirname(p["weights"]), exist_ok=True)
     tensors = {k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()}
@@ -82,6 +85,10 @@ def read_description(name: str, directory: str | None = None) -> dict:
 
 def load_model(name: str, directory: str | None = None) -> PatchableTransformer:
     """The compiled model with ``tracr_info`` and ``program`` attributes; no jax, no tracr."""
+    from safetensors.torch import load_file
+
+    from circuitboard.model import ModelConfig, PatchableTransformer
+
     data = read_description(name, directory)
     model = PatchableTransformer(ModelConfig.from_dict(data["config"]))
     tensors = load_file(paths(name, directory)["weights"], device="cpu")
@@ -92,6 +99,8 @@ def load_model(name: str, directory: str | None = None) -> PatchableTransformer:
 
 
 def write_circuits(name: str, data: dict, directory: str | None = None) -> None:
+    from circuitboard.graph import write_json_atomic
+
     write_json_atomic(paths(name, directory)["circuits"], data)
 
 
@@ -115,5 +124,7 @@ def compiled_names(directory: str | None = None) -> list[str]:
 
 
 def same_weights(a: PatchableTransformer, b: PatchableTransformer) -> bool:
+    import torch
+
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

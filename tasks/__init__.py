@@ -10,16 +10,34 @@
     from_tokens(...), from_json(path)                        -> custom tasks, checked alike
 
 The same seed gives the same data; train and test never share a prompt (see ``base``).
+Importing this package imports no torch (``Task`` and the custom tasks load on first use, the
+rest when a task is built), so that ``names`` and ``catalog`` answer at once.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from circuitboard.task import Task
-from circuitboard.tasks.custom import from_json, from_tokens
-from circuitboard.tasks.evaluation import LEADERBOARD_MIN_ACCURACY, evaluate
+from circuitboard.tasks.evaluation import LEADERBOARD_MIN_ACCURACY, evaluate, on_leaderboard
 from circuitboard.tasks.resolve import load_model, resolve_tokenizer
+
+if TYPE_CHECKING:
+    from circuitboard.task import Task
+
+# name -> the module that defines it, which needs torch
+_LAZY = {
+    "Task": "circuitboard.task",
+    "from_json": "circuitboard.tasks.custom",
+    "from_tokens": "circuitboard.tasks.custom",
+}
+
+
+def __getattr__(attr: str):
+    if attr in _LAZY:
+        return getattr(importlib.import_module(_LAZY[attr]), attr)
+    raise AttributeError(f"module 'circuitboard.tasks' has no attribute {attr!r}")
+
 
 TASKS = {
     "ioi": "circuitboard.tasks.ioi",
@@ -97,7 +115,7 @@ def catalog() -> list[dict]:
                     "accuracy": entry["accuracy"],
                     "metric": entry["metric"],
                     "metric_name": entry["metric_name"],
-                    "on_leaderboard": entry["accuracy"] >= LEADERBOARD_MIN_ACCURACY,
+                    "on_leaderboard": on_leaderboard(entry["accuracy"]),
                 }
             )
         rows.append(

@@ -18,6 +18,9 @@ every task, so the checks cannot differ between tasks:
   ``template``); every example names its level in each, and a level the spec does not declare
   is an error. Labelling an example draws nothing from the random stream, so the prompts of a
   seed are the same with or without groupings.
+
+torch is imported only where batches are built, so that the specs (a task's name and metric, for
+``circuitboard tasks``) are read without it.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ import hashlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from circuitboard.task import Batch, Task
+    from circuitboard.task import Batch, Task
 
 TEST_BUCKETS = 4  # one prompt in four (by hash) may go to the test split
 
@@ -127,6 +132,8 @@ def _one_token(tokenizer, text: str, what: str, example: Example, cache: dict) -
 
 def _id_sets(rows: list[list[int]]) -> torch.Tensor:
     """``[n]`` when every row has one id, else ``[n, k]`` padded with -1."""
+    import torch
+
     if all(len(r) == 1 for r in rows):
         return torch.tensor([r[0] for r in rows], dtype=torch.long)
     width = max(len(r) for r in rows)
@@ -194,6 +201,10 @@ def tokenize(
 
     With ``groupings``, each batch carries every example's level codes (``Batch.groups``).
     """
+    import torch
+
+    from circuitboard.task import Batch
+
     by_length: dict[int, list] = {}
     cache: dict = {}
     for ex in examples:
@@ -239,6 +250,8 @@ def build_task(
     models: Sequence[str] = (),
 ) -> Task:
     """The checked Task of ``spec`` for ``tokenizer``; the same seed gives the same data."""
+    from circuitboard.task import Task
+
     for key, value in (("n_train", n_train), ("n_test", n_test)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")

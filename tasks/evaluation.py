@@ -2,14 +2,18 @@
 
 A model that cannot do a task is still reported (its accuracy and metric are on its zoo card)
 but is left off the leaderboard for that task: circuits of a behaviour the model does not have
-say nothing. ``LEADERBOARD_MIN_ACCURACY`` is the bar.
+say nothing. ``LEADERBOARD_MIN_ACCURACY`` is the bar. Only ``evaluate`` imports torch, so that
+the task catalog (``circuitboard tasks``) reads the bar without it.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from circuitboard.task import Batch, Task
+if TYPE_CHECKING:
+    import torch
+
+    from circuitboard.task import Batch, Task
 
 LEADERBOARD_MIN_ACCURACY = 0.9
 
@@ -22,7 +26,6 @@ def top1_correct(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     return (answer == pred[:, None]).any(1)
 
 
-@torch.no_grad()
 def evaluate(model, task: Task, split: str = "test", batch_size: int = 512) -> dict:
     """``{"accuracy", "metric", "metric_name", "higher_is_better", "n"}`` on one split.
 
@@ -30,6 +33,8 @@ def evaluate(model, task: Task, split: str = "test", batch_size: int = 512) -> d
     examples whose top-1 prediction at the last position is an answer token; ``metric`` is the
     task metric (e.g. the logit difference) averaged over the examples.
     """
+    import torch
+
     if split not in ("train", "test", "off_distribution"):
         raise ValueError(f"split must be 'train', 'test' or 'off_distribution', got {split!r}")
     batches = getattr(task, split)
@@ -39,12 +44,13 @@ def evaluate(model, task: Task, split: str = "test", batch_size: int = 512) -> d
     was_training = model.training
     model.eval()
     try:
-        for batch in batches:
-            for start in range(0, len(batch), batch_size):
-                part = batch.select(slice(start, start + batch_size))
-                logits = model(part.clean.to(model.device)).float()
-                correct.append(top1_correct(logits, part).cpu())
-                scores.append(task.score(logits, part).float().cpu())
+        with torch.no_grad():
+            for batch in batches:
+                for start in range(0, len(batch), batch_size):
+                    part = batch.select(slice(start, start + batch_size))
+                    logits = model(part.clean.to(model.device)).float()
+                    correct.append(top1_correct(logits, part).cpu())
+                    scores.append(task.score(logits, part).float().cpu())
     finally:
         model.train(was_training)
     correct, scores = torch.cat(correct), torch.cat(scores)

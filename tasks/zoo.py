@@ -3,7 +3,8 @@
 Each model lives in ``tasks/zoo/NAME/`` as written by ``circuitboard.loaders.save``; the card
 (``config.json``'s ``"card"``) records the command, seed, data hash, training time and the
 accuracy and metric measured on every task's test split. ``circuitboard zoo train NAME``
-rebuilds a model; ``circuitboard zoo list`` shows them.
+rebuilds a model; ``circuitboard zoo list`` shows them. Listing the models and reading their
+cards imports no torch; ``load`` does.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ from functools import cache
 
 from circuitboard import loaders
 from circuitboard.tasks import vocab
+from circuitboard.tasks.zoo_specs import SPECS
 
 ZOO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "zoo")
 
 
 def names() -> list[str]:
-    """Every zoo model that can be trained (see ``train.SPECS``)."""
-    from circuitboard.tasks.train import SPECS
-
+    """Every zoo model that can be trained, in ``zoo_specs.SPECS`` order."""
     return list(SPECS)
 
 

@@ -1,6 +1,7 @@
 """Our own checkpoints: a ``config.json`` (a ModelConfig) beside a ``model.safetensors``.
 
-safetensors holds tensors only, so loading a checkpoint never runs code from it.
+safetensors holds tensors only, so loading a checkpoint never runs code from it. torch is imported
+only by ``save`` and ``load``: reading a card (``read_config``) needs none of it.
 """
 
 from __future__ import annotations
@@ -8,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:
+    import torch
 
-from circuitboard.graph import write_json_atomic
-from circuitboard.model import ModelConfig, PatchableTransformer
+    from circuitboard.model import PatchableTransformer
 
 FORMAT = "circuitboard-checkpoint"
 FORMAT_VERSION = 1
@@ -23,6 +24,10 @@ WEIGHTS_FILE = "model.safetensors"
 
 def save(model: PatchableTransformer, path: str | os.PathLike, card: dict | None = None) -> None:
     """Write ``model`` to the directory ``path``; each file appears whole or not at all."""
+    from safetensors.torch import save_file
+
+    from circuitboard.graph import write_json_atomic
+
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -72,6 +77,10 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> P
     """Load a checkpoint; the weights must match the config name for name and shape.
 
     ``device``: where the model goes (default: it stays on the CPU, where it is read)."""
+    from safetensors.torch import load_file
+
+    from circuitboard.model import ModelConfig, PatchableTransformer
+
     data = read_config(path)
     cfg = ModelConfig.from_dict(data["config"])
     weights_file = os.path.join(os.fspath(path), WEIGHTS_FILE)

@@ -8,14 +8,24 @@ graph (``alignment``); a small LayerNorm/GELU transformer with a dense residual 
 by strict interchange intervention training (``siit``, ``train``) so that its aligned heads and
 MLPs compute the program's operations and nothing else matters; its ground truths are stated
 twice, planted and measured (``truth``, ``functional``), and checked. The shipped models live in
-``trained/`` (``store``); ``circuitboard groundtruth train NAME`` retrains one.
+``trained/`` (``store``); ``circuitboard groundtruth train NAME`` retrains one. Importing this
+package imports no torch (``truth`` loads on first use), so that ``names`` answers at once.
 """
 
 from __future__ import annotations
 
+import importlib
+
 from circuitboard.groundtruth.planted import store
 from circuitboard.groundtruth.planted.specs import SPECS
-from circuitboard.groundtruth.planted.truth import KINDS, PlantedGroundTruth, load
+
+_LAZY = {"KINDS", "PlantedGroundTruth", "load"}  # from ``truth``, which needs torch
+
+
+def __getattr__(attr: str):
+    if attr in _LAZY:
+        return getattr(importlib.import_module("circuitboard.groundtruth.planted.truth"), attr)
+    raise AttributeError(f"module 'circuitboard.groundtruth.planted' has no attribute {attr!r}")
 
 
 def names() -> list[str]:
@@ -39,6 +49,8 @@ def task_names() -> list[str]:
 
 
 def load_task(name: str):
+    from circuitboard.groundtruth.planted.truth import load
+
     _known(name)
     return load(name).task
 

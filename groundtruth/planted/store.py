@@ -15,7 +15,6 @@ import json
 import os
 
 from circuitboard import loaders
-from circuitboard.graph import write_json_atomic
 from circuitboard.groundtruth import store as tracr_store
 
 PLANTED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trained")
@@ -46,6 +45,8 @@ def _missing(name: str, directory: str | None) -> FileNotFoundError:
 
 def save(model, card: dict, record: dict, name: str, directory: str | None = None) -> str:
     """Write weights, card and ground truth; each file appears whole or not at all."""
+    from circuitboard.graph import write_json_atomic  # needs torch: not imported to list names
+
     out = path(name, directory)
     loaders.save(model, out, card=card)
     write_json_atomic(os.path.join(out, TRUTH_FILE), record)

@@ -29,36 +29,8 @@ from circuitboard.groundtruth import data as gt_data
 from circuitboard.groundtruth import programs, store
 from circuitboard.groundtruth.planted import siit
 from circuitboard.groundtruth.planted.alignment import Alignment, from_tracr
+from circuitboard.groundtruth.planted.specs import PlantedSpec
 from circuitboard.model import ModelConfig, PatchableTransformer
-
-
-@dataclass(frozen=True)
-class PlantedSpec:
-    """How one planted model is built and trained. ``program`` names the Tracr program."""
-
-    program: str
-    d_model: int
-    n_heads: int = 4
-    n_layers: int | None = None  # default: the compiled model's layers, at least 2
-    d_head: int | None = None  # default: d_model // n_heads
-    d_mlp: int | None = None  # default: 4 * d_model
-    causal: bool | None = None  # default: as compiled; True needs outputs that read only prefixes
-    steps: int = 2000
-    batch_size: int = 64  # inputs per length per step (all of a length if it has fewer)
-    lr: float = 3e-3
-    warmup: int = 100
-    weight_decay: float = 0.0
-    clip: float = 1.0
-    behaviour_weight: float = 1.0  # InterpBench's defaults are 1, 1 and 0.4; strictness here
-    iit_weight: float = 1.0  # also covers edges (see ``siit``), and 0.4 left the joint
-    strict_weight: float = 1.0  # ablation of every edge outside the circuit short of its bar
-    edge_share: float = 0.5  # strictness rows that ablate edges outside the planted circuit
-    all_share: float = 0.5  # of those, rows that ablate every such edge (else a random half)
-    seed: int = 0
-
-    @property
-    def name(self) -> str:
-        return self.program
 
 
 def hl_model(spec: PlantedSpec):
