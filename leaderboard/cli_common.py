@@ -46,8 +46,10 @@ def add_suite(parser, *, seeds_default: int) -> None:
         "--tasks",
         nargs="+",
         metavar="TASK",
-        help="tasks (default: every Tracr program); 'tracr' and 'standard' stand for every "
-        "Tracr program and every standard task; also an import path pkg.mod:factory",
+        help="tasks (default: every Tracr and planted program, and the standard tasks on "
+        "zoo/toy-lm); 'tracr', 'planted' and 'standard' stand for every Tracr program, every "
+        "planted program and every standard task on every zoo model that does it; also an "
+        "import path pkg.mod:factory",
     )
     parser.add_argument(
         "--seeds",
@@ -106,15 +108,15 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_executor(parser) -> None:
+def add_executor(parser, default: str = "local") -> None:
     parser.add_argument(
         "--force", action="store_true", help="rerun cells that already have a result"
     )
     parser.add_argument(
         "--executor",
         choices=EXECUTORS,
-        default="local",
-        help="local (in this process, default), process (a process pool) or ray",
+        default=default,
+        help=f"local (in this process), process (a process pool) or ray (default {default})",
     )
     parser.add_argument("--workers", type=int, help="processes or Ray CPUs (default: all cores)")
     parser.add_argument("--address", help="Ray cluster address (default: start a local Ray)")

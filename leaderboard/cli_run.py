@@ -39,7 +39,7 @@ def add_arguments(parser) -> None:
         help="a parameter for the methods (repeatable), e.g. --param steps=20",
     )
     add_suite(parser, seeds_default=suite.DEFAULT_SEEDS)
-    add_executor(parser)
+    add_executor(parser, default=suite.DEFAULT_RUN_EXECUTOR)
     add_results(parser)
     parser.add_argument("--no-render", action="store_true", help="do not regenerate the tables")
 

@@ -1,4 +1,9 @@
-"""``circuitboard validate METHOD``: score a method against every Tracr ground truth.
+"""``circuitboard validate METHOD``: score a method against every known ground truth.
+
+By default the programs are every Tracr program (compiled weights) and every planted program
+(weights trained here by SIIT, ``circuitboard.groundtruth.planted``), shown as two tables with
+their own pass counts: a method can recover circuits in compiled weights and miss them in
+trained ones, and the verdict should say which.
 
 For each program the method is run once (seed 0 unless ``--seed``) under the ablation (default
 ``resample``), and its circuits are compared with the ground truth for that ablation. A program
@@ -42,7 +47,7 @@ def add_arguments(parser) -> None:
         "--tasks",
         nargs="+",
         metavar="TASK",
-        help="programs (default: every Tracr program); also pkg.mod:factory",
+        help="programs (default: every Tracr and planted program); also pkg.mod:factory",
     )
     parser.add_argument(
         "--ablation",
@@ -84,10 +89,10 @@ def main(args) -> int:
 
     from circuitboard.leaderboard.cell import Cell, run_cell
 
-    tasks = args.tasks or catalog.tracr_names()
+    tasks = args.tasks or catalog.tracr_names() + catalog.planted_names()
     if not tasks:
         print(
-            "no Tracr programs available: build them with `circuitboard groundtruth`",
+            "no Tracr or planted programs available: build them with `circuitboard groundtruth`",
             file=sys.stderr,
         )
         return 2
@@ -138,6 +143,23 @@ def main(args) -> int:
         row["why"] = why
         failed += not passed
         rows.append(row)
-    print(tabulate(rows, headers="keys", tablefmt="github", floatfmt=".3f", missingval="–"))
-    print(f"{len(rows) - failed}/{len(rows)} programs passed")
+    for family, group in _families(rows):
+        print(f"\n{family}:")
+        print(tabulate(group, headers="keys", tablefmt="github", floatfmt=".3f", missingval="–"))
+        passed = sum(r["result"] == "PASS" for r in group)
+        print(f"{family}: {passed}/{len(group)} programs passed")
+    print(f"\n{len(rows) - failed}/{len(rows)} programs passed")
     return 1 if failed else 0
+
+
+def _families(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """Rows grouped as Tracr (compiled weights), planted (trained weights) and other tasks."""
+    names = {
+        "tracr": "Tracr programs (compiled weights)",
+        "planted": "planted programs (trained weights)",
+    }
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        family = row["program"].split("/", 1)[0]
+        groups.setdefault(names.get(family, "other tasks"), []).append(row)
+    return list(groups.items())

@@ -20,7 +20,12 @@ from circuitboard.leaderboard import catalog, claims, store
 from circuitboard.leaderboard.catalog import MethodSpec
 from circuitboard.leaderboard.cell import Cell
 from circuitboard.leaderboard.executors import execute
-from circuitboard.leaderboard.suite import ALL_METHODS, DEFAULT_METHODS, DEFAULT_SEEDS  # noqa: F401
+from circuitboard.leaderboard.suite import (  # noqa: F401
+    ALL_METHODS,
+    DEFAULT_METHODS,
+    DEFAULT_SEEDS,
+    DEFAULT_STANDARD_MODEL,
+)
 
 
 def default_methods() -> list[str]:
@@ -34,12 +39,12 @@ def default_methods() -> list[str]:
 
 
 def default_tasks() -> list[str]:
-    """Every Tracr program with a ground truth: the part of the suite that runs in minutes.
+    """The default board's tasks: every Tracr and planted program, and the standard tasks.
 
-    The standard tasks on the zoo models take about a minute per cell for the fast methods (with
-    the robustness controls), so a full run of them is opt-in: ``--tasks standard``.
+    The standard tasks run on ``DEFAULT_STANDARD_MODEL`` only (see ``plan``); ``--tasks
+    standard`` runs them on every zoo model that does them.
     """
-    return catalog.tracr_names()
+    return catalog.tracr_names() + catalog.planted_names() + catalog.standard_names()
 
 
 def expand_tasks(tasks: Sequence[str]) -> list[str]:
@@ -80,12 +85,15 @@ def plan(
     model cannot load is left out and named in ``problems``.
     """
     specs = [as_spec(m) for m in (default_methods() if methods is None else methods)]
-    task_names = default_tasks() if tasks is None else expand_tasks(tasks)
+    default_board = tasks is None
+    task_names = default_tasks() if default_board else expand_tasks(tasks)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     cells = []
     for task in task_names:
         try:
             models = catalog.task_models(task)
+            if default_board and not catalog.has_groundtruth(task):
+                models = [m for m in models if m == DEFAULT_STANDARD_MODEL] or models[:1]
         except (ImportError, KeyError, ValueError, FileNotFoundError, AttributeError) as err:
             if problems is None:
                 raise

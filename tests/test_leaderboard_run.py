@@ -351,3 +351,40 @@ def test_run_command(tmp_path, capsys):
     assert "reference board: 0/0 cells reproduced" in out and "1 cells not in the reference" in out
     assert cli.main(argv) == 0
     assert "1 already stored" in capsys.readouterr().out
+
+
+def test_the_default_board_holds_every_method_on_every_family():
+    """``circuitboard run`` with no arguments: the six methods on every Tracr and planted program
+    and on the five standard tasks, each of those on the dense zoo model only."""
+    from circuitboard.leaderboard import catalog, suite
+
+    cells = runner.plan()
+    methods = {c.method.name for c in cells}
+    assert (
+        methods
+        == set(suite.ALL_METHODS)
+        == {
+            "random",
+            "eap",
+            "eap-ig",
+            "acdc",
+            "edge-pruning",
+            "node-pruning",
+        }
+    )
+    tasks = {(c.task, c.model) for c in cells}
+    tracr, planted = catalog.tracr_names(), catalog.planted_names()
+    assert len(tracr) == 12 and len(planted) >= 6
+    standard = {(t, "zoo/toy-lm") for t in catalog.standard_names()}
+    assert len(standard) == 5
+    assert tasks == {(t, t) for t in tracr + planted} | standard
+    assert len(cells) == 6 * (len(tracr) + len(planted) + 5)
+    # ``--tasks standard`` still means every model of every standard task
+    more = runner.plan(["eap"], ["standard"], robustness=False)
+    assert {c.model for c in more} >= {"zoo/toy-lm", "zoo/toy-lm-sparse", "zoo/attn-only-2l"}
+
+
+def test_run_spreads_cells_over_a_process_pool_by_default():
+    assert cli.build_parser("run").parse_args(["run"]).executor == "process"
+    submit = cli.build_parser("submit").parse_args(["submit", "x:Y", "--name", "y"])
+    assert submit.executor == "local"

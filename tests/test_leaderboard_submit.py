@@ -227,3 +227,20 @@ def test_submit_by_entry_point_name(tmp_path, monkeypatch):
     rec = tables.load_results(tmp_path / "results")["record"][0]
     assert rec["method"]["target"] == f"{HELPERS}:Oracle" and rec["key"]["method"] == "via-ep"
     assert rec["groundtruth"]["auc"] == 1.0
+
+
+def test_validate_judges_tracr_and_planted_programs_in_their_own_tables(capsys, monkeypatch):
+    """By default validate runs every Tracr and every planted program; each family gets its own
+    table and pass count (here one program of each, judged by the oracle)."""
+    from circuitboard.leaderboard import catalog
+
+    monkeypatch.setattr(catalog, "tracr_names", lambda: ["tracr/hist"])
+    monkeypatch.setattr(catalog, "planted_names", lambda: ["planted/hist"])
+    assert cli.main(["validate", "groundtruth", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    tracr_at = out.index("Tracr programs (compiled weights):")
+    planted_at = out.index("planted programs (trained weights):")
+    assert tracr_at < out.index("| tracr/hist") < planted_at < out.index("| planted/hist")
+    assert "Tracr programs (compiled weights): 1/1 programs passed" in out
+    assert "planted programs (trained weights): 1/1 programs passed" in out
+    assert "2/2 programs passed" in out
