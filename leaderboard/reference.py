@@ -14,9 +14,10 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from circuitboard import scoring
 from circuitboard.leaderboard import store
 
-TOLERANCE = 1e-3
+TOLERANCE = scoring.REPRODUCIBLE
 SHOWN = 10  # differing cells named one per line; the rest are counted
 COMPARED = (
     ("evaluation", "areas", "cpr"),

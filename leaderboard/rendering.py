@@ -38,8 +38,9 @@ How to read these tables (the rules live in `circuitboard/scoring.py`):
   below the smallest budget; no extrapolation. `cpr_mib` / `cmd_mib` are MIB's linear-axis values,
   computed as MIB's code does.
 - **Ranks.** A paired bootstrap over the test examples (1000 resamples, every method's curve
-  recomputed on each): a method ranks above another only if its area is higher in at least 95% of
-  resamples; otherwise they share the rank. `wins`: tasks where a method beats every other one.
+  recomputed on each): a method ranks above another only if its area is higher by more than 0.001
+  (the difference promised to reproduce on another machine) in at least 95% of resamples;
+  otherwise they share the rank. `wins`: tasks where a method beats every other one.
 - **Ground truth.** AUC from the returned circuits (each a point), the same for every method;
   `auc_ranking` is a scoring method's full ranking. F1 at the smallest budget at least the ground
   truth's size; `exact`: a fitting returned circuit equals the ground truth. Programs whose ground
