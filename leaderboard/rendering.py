@@ -133,6 +133,9 @@ def summary_text(df: pd.DataFrame) -> str:
         return "no results"
     tasks = tables.per_task(df)
     parts = [_fmt(tables.summary(df, tasks), SUMMARY_COLUMNS)]
+    by_family = tables.summary(df, tasks, by_family=True)
+    if not by_family.empty and by_family["family"].nunique() > 1:
+        parts += ["", _fmt(by_family, ["family"] + SUMMARY_COLUMNS)]
     gt = tables.groundtruth_summary(df)
     if not gt.empty:
         parts += ["", _fmt(gt, GT_SUMMARY_COLUMNS)]
@@ -155,6 +158,15 @@ def markdown(df: pd.DataFrame, results: str, plots: dict, out: str) -> str:
         ranks = tables.rankings(df)
         per_task = tables.per_task(df, ranks)
         lines += ["## Summary", "", _fmt(tables.summary(df, per_task), SUMMARY_COLUMNS), ""]
+        by_family = tables.summary(df, per_task, by_family=True)
+        if by_family["family"].nunique() > 1:
+            lines += [
+                "By family of tasks (`tracr`: compiled weights, `planted`: weights trained here, "
+                "both with a ground truth; `other`: the standard tasks and any task without one):",
+                "",
+                _fmt(by_family, ["family"] + SUMMARY_COLUMNS),
+                "",
+            ]
         gt_summary = tables.groundtruth_summary(df)
         if not gt_summary.empty:
             lines += [

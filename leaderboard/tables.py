@@ -161,9 +161,14 @@ def per_task(df: pd.DataFrame, ranks: dict | None = None) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def summary(df: pd.DataFrame, tasks: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per method: mean ranks over the tasks it was ranked on, significant wins, mean
-    areas and time. Degenerate tasks are left out of the ranks and the means."""
+def summary(
+    df: pd.DataFrame, tasks: pd.DataFrame | None = None, by_family: bool = False
+) -> pd.DataFrame:
+    """One row per method (per family of tasks and method with ``by_family``): mean ranks over
+    the tasks it was ranked on, significant wins, mean areas and time. Degenerate tasks are left
+    out of the ranks and the means. Families: ``tracr`` and ``planted`` (compiled and trained
+    ground truths) and ``other`` (the standard tasks and any task without a ground truth): a
+    method can lead on compiled weights and trail on trained ones, which one mean hides."""
     tasks = per_task(df) if tasks is None else tasks
     if tasks.empty:
         return pd.DataFrame()
@@ -171,7 +176,11 @@ def summary(df: pd.DataFrame, tasks: pd.DataFrame | None = None) -> pd.DataFrame
     if ranked.empty:
         return pd.DataFrame()
     ranked["wins"] = ranked["wins"].astype(bool)
-    out = ranked.groupby("method").agg(
+    keys = ["method"]
+    if by_family:
+        ranked["family"] = ranked["task"].map(lambda t: family(t).replace("none", "other"))
+        keys = ["family", "method"]
+    out = ranked.groupby(keys).agg(
         tasks=("task", "count"),
         mean_cpr_rank=("cpr_rank", "mean"),
         mean_cmd_rank=("cmd_rank", "mean"),
@@ -180,7 +189,8 @@ def summary(df: pd.DataFrame, tasks: pd.DataFrame | None = None) -> pd.DataFrame
         cmd=("cmd", "mean"),
         seconds=("seconds", "mean"),
     )
-    out = out.reset_index().sort_values(["mean_cpr_rank", "mean_cmd_rank", "method"])
+    order = keys[:-1] + ["mean_cpr_rank", "mean_cmd_rank", "method"]
+    out = out.reset_index().sort_values(order)
     return out.reset_index(drop=True)
 
 

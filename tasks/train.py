@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from circuitboard import training
 from circuitboard.model import ModelConfig, PatchableTransformer
 from circuitboard.tasks import filler, vocab
 from circuitboard.tasks.base import in_test_bucket
@@ -139,21 +140,9 @@ def _pad(rows: list[tuple[list[int], list[float]]], pad: int) -> tuple[torch.Ten
 
 # ---------------------------------------------------------------------------- the model
 def init_model(spec: ZooSpec, seed: int) -> PatchableTransformer:
-    """GPT-2-style initialisation (normal 0.02; output projections scaled by depth)."""
+    """The shared GPT-2-style initialisation (``circuitboard.training``) on the zoo's vocabulary."""
     cfg = ModelConfig(d_vocab=len(vocab.toy_vocabulary()), name=f"zoo/{spec.name}", **spec.shape)
-    model = PatchableTransformer(cfg)
-    gen = torch.Generator().manual_seed(seed)
-    out_std = 0.02 / math.sqrt(2 * cfg.n_layers)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith((".w",)):
-                param.fill_(1.0)
-            elif param.dim() == 1 or name.split(".")[-1].startswith("b_"):
-                param.zero_()
-            else:
-                std = out_std if name.endswith(("W_O", "W_out")) else 0.02
-                param.copy_(torch.randn(param.shape, generator=gen) * std)
-    return model
+    return training.init_model(cfg, seed)
 
 
 def matrices(model: PatchableTransformer) -> list[torch.nn.Parameter]:
@@ -185,10 +174,7 @@ def keep_top_k(model: PatchableTransformer, density: float) -> None:
 
 
 def lr_at(spec: ZooSpec, step: int) -> float:
-    if step < spec.warmup:
-        return spec.lr * (step + 1) / spec.warmup
-    progress = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
-    return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return training.lr_at(spec.lr, spec.warmup, spec.steps, step)
 
 
 def loss_fn(model: PatchableTransformer, tokens: torch.Tensor, weights: torch.Tensor):

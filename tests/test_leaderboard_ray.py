@@ -113,6 +113,7 @@ def _nodes(address: str) -> int:
         ray.shutdown()
 
 
+@pytest.mark.slow
 def test_two_node_sweep_equals_in_process(cluster, tmp_path):
     address, _ = cluster
     assert _nodes(address) == 2
@@ -127,6 +128,7 @@ def test_two_node_sweep_equals_in_process(cluster, tmp_path):
     assert sorted(os.listdir(tmp_path / "ray")) == sorted(local)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_retried_and_nothing_is_lost(cluster, tmp_path):
     address, marks = cluster
     spec = MethodSpec("dies-once", target=f"{HELPERS}:DiesOnce")

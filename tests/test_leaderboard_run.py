@@ -388,3 +388,33 @@ def test_run_spreads_cells_over_a_process_pool_by_default():
     assert cli.build_parser("run").parse_args(["run"]).executor == "process"
     submit = cli.build_parser("submit").parse_args(["submit", "x:Y", "--name", "y"])
     assert submit.executor == "local"
+
+
+def test_summary_by_family_keeps_compiled_trained_and_standard_tasks_apart():
+    """A method first on every Tracr program and last on every planted one: the mean over all
+    tasks says 1.4, the family rows say 1 and 2, and degenerate tasks stay out of both."""
+    import pandas as pd
+
+    rows = []
+    for task, ranks in [
+        ("tracr/a", {"m": 1, "n": 2}),
+        ("tracr/b", {"m": 1, "n": 2}),
+        ("planted/a", {"m": 2, "n": 1}),
+        ("planted/b", {"m": 2, "n": 1}),
+        ("ioi", {"m": 1, "n": 1}),
+        ("tracr/length", {"m": None, "n": None}),  # degenerate: no rank
+    ]:
+        for method, rank in ranks.items():
+            rows.append(
+                dict(task=task, method=method, cpr_rank=rank, cmd_rank=rank, wins=rank == 1,
+                     cpr=0.5, cmd=0.5, seconds=1.0)
+            )  # fmt: skip
+    tasks = pd.DataFrame(rows)
+    overall = tables.summary(pd.DataFrame(), tasks).set_index("method")
+    assert overall.loc["m", "mean_cpr_rank"] == pytest.approx(7 / 5)
+    assert overall.loc["m", "tasks"] == 5
+    fam = tables.summary(pd.DataFrame(), tasks, by_family=True).set_index(["family", "method"])
+    assert fam.loc[("tracr", "m"), "mean_cpr_rank"] == 1 and fam.loc[("tracr", "m"), "tasks"] == 2
+    assert fam.loc[("planted", "m"), "mean_cpr_rank"] == 2
+    assert fam.loc[("other", "n"), "mean_cpr_rank"] == 1
+    assert list(fam.index.get_level_values(0).unique()) == ["other", "planted", "tracr"]

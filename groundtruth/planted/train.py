@@ -18,13 +18,13 @@ threads give the same weights bit for bit on one machine.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from circuitboard import training
 from circuitboard.groundtruth import data as gt_data
 from circuitboard.groundtruth import programs, store
 from circuitboard.groundtruth.planted import siit
@@ -94,29 +94,13 @@ def ll_config(spec: PlantedSpec, hl) -> ModelConfig:
 
 
 def init_model(cfg: ModelConfig, seed: int) -> PatchableTransformer:
-    """GPT-2-style initialisation: normal(0, 0.02), output projections scaled by depth,
-    LayerNorm at identity, biases zero."""
-    model = PatchableTransformer(cfg)
-    gen = torch.Generator().manual_seed(seed)
-    out_std = 0.02 / math.sqrt(2 * cfg.n_layers)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith(".w"):
-                param.fill_(1.0)
-            elif param.dim() == 1 or name.split(".")[-1].startswith("b_"):
-                param.zero_()
-            else:
-                std = out_std if name.endswith(("W_O", "W_out")) else 0.02
-                param.copy_(torch.randn(param.shape, generator=gen) * std)
-    return model
+    """The shared GPT-2-style initialisation (``circuitboard.training``)."""
+    return training.init_model(cfg, seed)
 
 
 def lr_at(spec: PlantedSpec, step: int) -> float:
-    """Linear warmup, then cosine decay to a tenth."""
-    if step < spec.warmup:
-        return spec.lr * (step + 1) / spec.warmup
-    progress = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
-    return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    """Linear warmup, then cosine decay to a tenth (``circuitboard.training``)."""
+    return training.lr_at(spec.lr, spec.warmup, spec.steps, step)
 
 
 @dataclass
