@@ -18,12 +18,12 @@ COMMANDS = {
     "models": ("circuitboard.cli_lists:models", "list registered models"),
     "tasks": ("circuitboard.cli_lists:tasks", "list registered tasks"),
     "methods": ("circuitboard.cli_lists:methods", "list registered methods"),
-    "groundtruth": ("circuitboard.groundtruth.cli", "compile and check Tracr ground truths"),
+    "groundtruth": ("circuitboard.groundtruth.cli", "Tracr and planted ground truths"),
     "zoo": ("circuitboard.tasks.cli", "train and inspect the model zoo"),
     "run": ("circuitboard.leaderboard.cli_run", "run methods on tasks and store results"),
     "leaderboard": ("circuitboard.leaderboard.cli_render", "render tables and plots"),
     "submit": ("circuitboard.leaderboard.cli_submit", "submit a method (code or JSON)"),
-    "validate": ("circuitboard.leaderboard.cli_validate", "score a method against Tracr"),
+    "validate": ("circuitboard.leaderboard.cli_validate", "score a method against ground truths"),
     "study": ("circuitboard.leaderboard.studies.cli", "run a study of many cells"),
 }
 

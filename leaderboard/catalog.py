@@ -110,9 +110,21 @@ def planted_names() -> list[str]:
         return []
 
 
+def family(task: str) -> str:
+    """Which kind of ground truth a task has: ``tracr`` (compiled weights), ``planted`` (weights
+    trained here), or ``none``."""
+    prefix = task.split("/", 1)[0] if "/" in task else ""
+    return prefix if prefix in ("tracr", "planted") else "none"
+
+
 def has_groundtruth(task: str) -> bool:
     """Tasks whose model and ground truth come together (Tracr and planted programs)."""
-    return task.startswith(("tracr/", "planted/"))
+    return family(task) != "none"
+
+
+def groundtruth_names() -> list[str]:
+    """Every program with a ground truth: the Tracr programs, then the planted ones."""
+    return tracr_names() + planted_names()
 
 
 def standard_names() -> list[str]:
@@ -198,3 +210,7 @@ def default_ablation(bundle: Bundle) -> str:
     if all(b.counterfactual is not None for b in batches):
         return "counterfactual"
     return "resample"
+
+
+# Names that stand for every task of a kind (``--tasks tracr``), in the order they list.
+TASK_GROUPS = {"standard": standard_names, "tracr": tracr_names, "planted": planted_names}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from circuitboard.leaderboard import suite
 from circuitboard.leaderboard.executors import EXECUTORS
 
 # circuitboard.ablation.ABLATIONS, spelled out so that --help needs no torch (a test keeps the
@@ -47,9 +48,9 @@ def add_suite(parser, *, seeds_default: int) -> None:
         nargs="+",
         metavar="TASK",
         help="tasks (default: every Tracr and planted program, and the standard tasks on "
-        "zoo/toy-lm); 'tracr', 'planted' and 'standard' stand for every Tracr program, every "
-        "planted program and every standard task on every zoo model that does it; also an "
-        "import path pkg.mod:factory",
+        f"{suite.DEFAULT_STANDARD_MODEL}); 'tracr', 'planted' and 'standard' stand for "
+        "every Tracr program, every planted program and every standard task on every zoo "
+        "model that does it; also an import path pkg.mod:factory",
     )
     parser.add_argument(
         "--seeds",
@@ -63,7 +64,7 @@ def add_suite(parser, *, seeds_default: int) -> None:
         nargs="+",
         choices=ABLATIONS,
         metavar="ABLATION",
-        help="ablations to run (default: resample for Tracr programs, the "
+        help="ablations to run (default: resample for Tracr and planted programs, the "
         "task's counterfactual otherwise); choices: " + ", ".join(ABLATIONS),
     )
     parser.add_argument(

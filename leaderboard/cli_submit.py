@@ -45,7 +45,7 @@ def add_arguments(parser) -> None:
         help="replace results stored under NAME by another submission",
     )
     add_suite(parser, seeds_default=suite.DEFAULT_SEEDS)
-    add_executor(parser)
+    add_executor(parser, default=suite.DEFAULT_RUN_EXECUTOR)
     add_results(parser)
 
 

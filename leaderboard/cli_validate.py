@@ -88,8 +88,9 @@ def main(args) -> int:
     from tabulate import tabulate
 
     from circuitboard.leaderboard.cell import Cell, run_cell
+    from circuitboard.leaderboard.runner import expand_tasks
 
-    tasks = args.tasks or catalog.tracr_names() + catalog.planted_names()
+    tasks = expand_tasks(args.tasks) if args.tasks else catalog.groundtruth_names()
     if not tasks:
         print(
             "no Tracr or planted programs available: build them with `circuitboard groundtruth`",
@@ -157,9 +158,9 @@ def _families(rows: list[dict]) -> list[tuple[str, list[dict]]]:
     names = {
         "tracr": "Tracr programs (compiled weights)",
         "planted": "planted programs (trained weights)",
+        "none": "other tasks",
     }
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        family = row["program"].split("/", 1)[0]
-        groups.setdefault(names.get(family, "other tasks"), []).append(row)
+        groups.setdefault(names[catalog.family(row["program"])], []).append(row)
     return list(groups.items())

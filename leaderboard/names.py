@@ -9,9 +9,8 @@ from __future__ import annotations
 import difflib
 import importlib
 
+from circuitboard.leaderboard import catalog
 from circuitboard.registry import import_object
-
-TASK_GROUPS = ("standard", "tracr", "planted")
 
 
 def _suggest(name: str, known: list[str]) -> str:
@@ -47,7 +46,7 @@ def known_tasks() -> list[str]:
     """Every task name ``circuitboard run --tasks`` accepts (groups aside)."""
     from circuitboard.leaderboard import catalog
 
-    return catalog.standard_names() + catalog.tracr_names() + catalog.planted_names()
+    return catalog.standard_names() + catalog.groundtruth_names()
 
 
 def task_problems(names: list[str]) -> list[str]:
@@ -55,7 +54,7 @@ def task_problems(names: list[str]) -> list[str]:
     known = known_tasks()
     problems = []
     for name in names:
-        if name in known or name in TASK_GROUPS:
+        if name in known or name in catalog.TASK_GROUPS:
             continue
         if ":" in name:
             module = name.partition(":")[0]
@@ -64,5 +63,6 @@ def task_problems(names: list[str]) -> list[str]:
             except ImportError as err:
                 problems.append(f"task {name!r}: cannot import {module!r} ({err})")
             continue
-        problems.append(f"unknown task {name!r}; {_suggest(name, known + list(TASK_GROUPS))}")
+        groups = list(catalog.TASK_GROUPS)
+        problems.append(f"unknown task {name!r}; {_suggest(name, known + groups)}")
     return problems

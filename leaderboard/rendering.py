@@ -22,7 +22,7 @@ import os
 import pandas as pd
 from tabulate import tabulate
 
-from circuitboard import atomic
+from circuitboard import atomic, scoring
 from circuitboard.leaderboard import store, tables
 
 RULES_NOTE = """\
@@ -38,8 +38,8 @@ How to read these tables (the rules live in `circuitboard/scoring.py`):
   below the smallest budget; no extrapolation. `cpr_mib` / `cmd_mib` are MIB's linear-axis values,
   computed as MIB's code does.
 - **Ranks.** A paired bootstrap over the test examples (1000 resamples, every method's curve
-  recomputed on each): a method ranks above another only if its area is higher by more than 0.001
-  (the difference promised to reproduce on another machine) in at least 95% of resamples;
+  recomputed on each): a method ranks above another only if its area is higher by more than
+  {margin:g} (the difference promised to reproduce on another machine) in at least 95% of resamples;
   otherwise they share the rank. `wins`: tasks where a method beats every other one.
 - **Ground truth.** AUC from the returned circuits (each a point), the same for every method;
   `auc_ranking` is a scoring method's full ranking. F1 at the smallest budget at least the ground
@@ -150,7 +150,7 @@ def markdown(df: pd.DataFrame, results: str, plots: dict, out: str) -> str:
         f"Rendered by `circuitboard leaderboard` from {len(df)} stored result file(s) in "
         f"`{os.path.relpath(results, out)}/`; nothing is recomputed.",
         "",
-        RULES_NOTE,
+        RULES_NOTE.format(margin=scoring.MIN_AREA_DIFFERENCE),
     ]
     if df.empty:
         lines += ["No results yet: run `circuitboard run`.", ""]
@@ -159,7 +159,7 @@ def markdown(df: pd.DataFrame, results: str, plots: dict, out: str) -> str:
         per_task = tables.per_task(df, ranks)
         lines += ["## Summary", "", _fmt(tables.summary(df, per_task), SUMMARY_COLUMNS), ""]
         by_family = tables.summary(df, per_task, by_family=True)
-        if by_family["family"].nunique() > 1:
+        if not by_family.empty and by_family["family"].nunique() > 1:
             lines += [
                 "By family of tasks (`tracr`: compiled weights, `planted`: weights trained here, "
                 "both with a ground truth; `other`: the standard tasks and any task without one):",

@@ -44,21 +44,16 @@ def default_tasks() -> list[str]:
     The standard tasks run on ``DEFAULT_STANDARD_MODEL`` only (see ``plan``); ``--tasks
     standard`` runs them on every zoo model that does them.
     """
-    return catalog.tracr_names() + catalog.planted_names() + catalog.standard_names()
+    return catalog.groundtruth_names() + catalog.standard_names()
 
 
 def expand_tasks(tasks: Sequence[str]) -> list[str]:
-    """``standard``, ``tracr`` and ``planted`` stand for every task of that kind."""
+    """``standard``, ``tracr`` and ``planted`` stand for every task of that kind
+    (``catalog.TASK_GROUPS``)."""
     out = []
     for name in tasks:
-        if name == "standard":
-            out += catalog.standard_names()
-        elif name == "tracr":
-            out += catalog.tracr_names()
-        elif name == "planted":
-            out += catalog.planted_names()
-        else:
-            out.append(name)
+        lister = catalog.TASK_GROUPS.get(name)
+        out += lister() if lister else [name]
     return out
 
 
@@ -93,7 +88,13 @@ def plan(
         try:
             models = catalog.task_models(task)
             if default_board and not catalog.has_groundtruth(task):
-                models = [m for m in models if m == DEFAULT_STANDARD_MODEL] or models[:1]
+                models = [m for m in models if m == DEFAULT_STANDARD_MODEL]
+                if not models and problems is not None:
+                    problems.append(
+                        f"task {task!r} is not done by {DEFAULT_STANDARD_MODEL} (the default "
+                        f"board's model); skipped (`--tasks {task}` runs it on its own models)"
+                    )
+                    continue
         except (ImportError, KeyError, ValueError, FileNotFoundError, AttributeError) as err:
             if problems is None:
                 raise

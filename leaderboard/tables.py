@@ -21,17 +21,14 @@ import warnings
 import pandas as pd
 
 from circuitboard import scoring
-from circuitboard.leaderboard import scores, store
+from circuitboard.leaderboard import catalog, scores, store
 
 GROUP = ["task", "model", "ablation", "method"]
 TASK = ["task", "model", "ablation"]
 CONTROLS = ("random_circuits", "random_model", "shuffled_labels")
 
 
-def family(task: str) -> str:
-    """Which kind of ground truth a task has: ``tracr``, ``planted``, or ``none``."""
-    prefix = task.split("/", 1)[0] if "/" in task else ""
-    return prefix if prefix in ("tracr", "planted") else "none"
+family = catalog.family  # which kind of ground truth a task has
 
 
 def _row(record: dict) -> dict:

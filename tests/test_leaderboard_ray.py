@@ -119,7 +119,8 @@ def test_two_node_sweep_equals_in_process(cluster, tmp_path):
     assert _nodes(address) == 2
     argv = ["run", "--methods", f"{HELPERS}:EdgeEffects", f"{HELPERS}:Oracle", "--tasks", TASK]
     argv += ["--seeds", "2", "--n-boot", "50", "--threads", "1", "--no-render", "--quiet"]
-    assert cli.main(argv + ["--results", str(tmp_path / "local")]) == 0
+    in_process = ["--executor", "local", "--results", str(tmp_path / "local")]
+    assert cli.main(argv + in_process) == 0
     remote = ["--executor", "ray", "--address", address, "--results", str(tmp_path / "ray")]
     assert cli.main(argv + remote) == 0
     local = comparable_dir(tmp_path / "local")

@@ -271,9 +271,28 @@ def test_two_runs_sharing_a_directory_compute_each_cell_once(tmp_path):
     marks.mkdir()
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     env = {**os.environ, MARKS_ENV: str(marks), "PYTHONPATH": tests_dir}
-    argv = [sys.executable, "-m", "circuitboard.cli", "run", "--methods", f"{HELPERS}:Slow",
-            "--tasks", TASK, "--seeds", "4", "--results", str(results), "--no-robustness",
-            "--n-boot", "20", "--threads", "1", "--no-render"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "circuitboard.cli",
+        "run",
+        "--methods",
+        f"{HELPERS}:Slow",
+        "--tasks",
+        TASK,
+        "--seeds",
+        "4",
+        "--results",
+        str(results),
+        "--no-robustness",
+        "--n-boot",
+        "20",
+        "--threads",
+        "1",
+        "--no-render",
+        "--executor",
+        "local",
+    ]  # fmt: skip  (in-process: each run claims cell by cell)
     runs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             for _ in range(2)]  # fmt: skip
     outputs = [r.communicate(timeout=300) for r in runs]
@@ -385,9 +404,12 @@ def test_the_default_board_holds_every_method_on_every_family():
 
 
 def test_run_spreads_cells_over_a_process_pool_by_default():
+    """The board's cells (``run``, and ``submit``, which runs the same board) go to a process
+    pool; ``--executor local`` still runs them in this process."""
     assert cli.build_parser("run").parse_args(["run"]).executor == "process"
     submit = cli.build_parser("submit").parse_args(["submit", "x:Y", "--name", "y"])
-    assert submit.executor == "local"
+    assert submit.executor == "process"
+    assert cli.build_parser("run").parse_args(["run", "--executor", "local"]).executor == "local"
 
 
 def test_summary_by_family_keeps_compiled_trained_and_standard_tasks_apart():
