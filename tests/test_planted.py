@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import random_model
 
 from circuitboard.groundtruth import derive
 from circuitboard.groundtruth import store as tracr_store
 from circuitboard.groundtruth.planted import alignment, functional, siit, train
 from circuitboard.groundtruth.planted.specs import SPECS
 from circuitboard.model import PatchableTransformer
-from tests.conftest import random_model
 
 torch.set_flush_denormal(True)
 
