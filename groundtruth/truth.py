@@ -12,7 +12,24 @@ from circuitboard.task import Task
 KINDS = record.KINDS
 
 
-class GroundTruth:
+class CircuitsByKind:
+    """What every ground truth offers once it has ``circuit(kind)`` for each of ``KINDS``: its
+    redundant edges, sizes and a one-line description (Tracr and planted alike)."""
+
+    KINDS: tuple[str, ...] = KINDS
+
+    def redundant(self, kind: str) -> list[str]:
+        return list(self.circuit(kind).info["redundant"])
+
+    def sizes(self) -> dict[str, int]:
+        return {kind: self.circuit(kind).size for kind in self.KINDS}
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{k}={v}" for k, v in self.sizes().items())
+        return f"{type(self).__name__}({self.name!r}, {self.model.graph.describe()}; {sizes})"
+
+
+class GroundTruth(CircuitsByKind):
     """``.model``, ``.task`` and ``.circuit(kind)`` for kind in structural, zero, resample, mean.
 
     The functional ground truth depends on the ablation: under resample or mean ablation, what is
@@ -56,16 +73,6 @@ class GroundTruth:
             record.effect_scores(graph, self.record, kind),
             info={"ground_truth": kind, "program": self.name, "redundant": rec["redundant"]},
         )
-
-    def redundant(self, kind: str) -> list[str]:
-        return list(self.circuit(kind).info["redundant"])
-
-    def sizes(self) -> dict[str, int]:
-        return {kind: self.circuit(kind).size for kind in KINDS}
-
-    def __repr__(self) -> str:
-        sizes = ", ".join(f"{k}={v}" for k, v in self.sizes().items())
-        return f"GroundTruth({self.name!r}, {self.model.graph.describe()}; {sizes})"
 
 
 def load(name: str, directory: str | None = None) -> GroundTruth:

@@ -29,6 +29,7 @@ from circuitboard.groundtruth import data as gt_data
 from circuitboard.groundtruth import programs
 from circuitboard.groundtruth.planted import functional, siit, store
 from circuitboard.groundtruth.planted.alignment import Alignment
+from circuitboard.groundtruth.truth import CircuitsByKind
 from circuitboard.task import Task
 
 KINDS = ("planted",) + functional.ABLATIONS
@@ -173,7 +174,7 @@ def make_task(model, name: str) -> Task:
     )
 
 
-class PlantedGroundTruth:
+class PlantedGroundTruth(CircuitsByKind):
     """``.model``, ``.task`` and ``.circuit(kind)`` for kind in planted, zero, resample, mean:
     the same interface as a Tracr ``GroundTruth``, so the leaderboard scores both alike.
 
@@ -182,6 +183,8 @@ class PlantedGroundTruth:
     that training put there. Scores are the single-edge effects under that ablation (resample
     for ``planted``).
     """
+
+    KINDS = KINDS
 
     def __init__(self, name: str, model, record: dict, card: dict | None = None) -> None:
         check_record(record, f"planted/{name}")
@@ -219,16 +222,6 @@ class PlantedGroundTruth:
                 "redundant": list(rec.get("redundant", [])),
             },
         )
-
-    def redundant(self, kind: str) -> list[str]:
-        return list(self.circuit(kind).info["redundant"])
-
-    def sizes(self) -> dict[str, int]:
-        return {kind: self.circuit(kind).size for kind in KINDS}
-
-    def __repr__(self) -> str:
-        sizes = ", ".join(f"{k}={v}" for k, v in self.sizes().items())
-        return f"PlantedGroundTruth({self.name!r}, {self.model.graph.describe()}; {sizes})"
 
 
 def load(name: str, directory: str | None = None) -> PlantedGroundTruth:
