@@ -14,8 +14,13 @@ ready for ``PatchableTransformer.run(tokens, mask, ablated)``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from circuitboard.task import Batch
 
 ABLATIONS = ("zero", "mean", "mean-pooled", "resample", "counterfactual")
 
@@ -117,3 +122,16 @@ def for_batch(model, ablation: str, batch, *, reference=None, seed: int = 0) -> 
         reference=reference,
         seed=seed,
     )
+
+
+@dataclass
+class Prepared:
+    """A batch with the ablated source outputs a removed edge reads for it: what methods train
+    on and diagnostics run, built once per batch."""
+
+    batch: Batch
+    ablated: torch.Tensor  # [1|n, 1|pos, n_sources, d_model]
+
+    @property
+    def n(self) -> int:
+        return len(self.batch)

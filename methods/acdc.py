@@ -120,19 +120,16 @@ class ACDC(MethodBase):
             raise ValueError(f"ACDC window must be a positive integer, got {self.window!r}")
 
     # ------------------------------------------------------------------- public
+    def _context(self, model, task, ablation: str, seed: int, cost: Cost) -> _Context:
+        """The cached clean pass and ablated values that every threshold's search shares."""
+        ablation = check_ablation(ablation)
+        return _Context(model, task, ablation, seed, self.divergence, cost, self.last_position_only)
+
     def run(self, model, task, tau: float, ablation: str = "counterfactual", seed: int = 0):
         """One ACDC pass at threshold ``tau``: a Circuit with ``info`` (cost, metric, tau)."""
         start = time.perf_counter()
         cost = Cost()
-        ctx = _Context(
-            model,
-            task,
-            check_ablation(ablation),
-            seed,
-            self.divergence,
-            cost,
-            self.last_position_only,
-        )
+        ctx = self._context(model, task, ablation, seed, cost)
         keep, final_metric, stats = self._search(ctx, float(tau), cost)
         stats.pop("results", None)
         info = self._info(cost, time.perf_counter() - start, ablation=ablation, seed=seed)
@@ -143,15 +140,7 @@ class ACDC(MethodBase):
         """One circuit per threshold in ``self.thresholds``, sharing the cached clean pass."""
         start = time.perf_counter()
         cost = Cost()
-        ctx = _Context(
-            model,
-            task,
-            check_ablation(ablation),
-            seed,
-            self.divergence,
-            cost,
-            self.last_position_only,
-        )
+        ctx = self._context(model, task, ablation, seed, cost)
         out: list[Circuit | None] = [None] * len(self.thresholds)
         hint = {}  # each edge's result at the next smaller tau predicts its decision here
         for i in sorted(range(len(self.thresholds)), key=lambda i: self.thresholds[i]):

@@ -26,7 +26,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 import torch
 
 from circuitboard import metrics
-from circuitboard.ablation import check_ablation, derangement, for_batch
+from circuitboard.ablation import Prepared, check_ablation, derangement, for_batch
 from circuitboard.graph import Circuit
 from circuitboard.task import Batch, Task
 
@@ -147,16 +147,6 @@ def check_choice(name: str, value, choices: Sequence) -> None:
 
 
 # ----------------------------------------------------------------------- ablated values
-@dataclass
-class Prepared:
-    """A training batch on the model's device with the ablated source outputs for it."""
-
-    batch: Batch
-    ablated: torch.Tensor  # [1|n, 1|pos, n_sources, d_model]
-
-    @property
-    def n(self) -> int:
-        return len(self.batch)
 
 
 def ablation_tokens(batch: Batch, ablation: str, seed: int = 0) -> torch.Tensor | None:

@@ -14,26 +14,13 @@ builds them, so a diagnostic scores a circuit exactly where the evaluation does.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 
-from circuitboard.ablation import check_ablation, for_batch
+from circuitboard.ablation import Prepared, check_ablation, for_batch
 from circuitboard.task import Batch
 
 MAX_TOKENS = 2048  # tokens per pass; 512 to 4096 ran within noise of each other on toy-lm
-
-
-@dataclass
-class Prepared:
-    """One batch of a split with its ablated source values, ready to run."""
-
-    batch: Batch
-    ablated: torch.Tensor  # [1|n, 1|pos, n_sources, d_model]
-
-    @property
-    def n(self) -> int:
-        return len(self.batch)
 
 
 def prepare(model, task, ablation: str, split, seed: int) -> list[Prepared]:
